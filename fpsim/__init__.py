@@ -1,0 +1,50 @@
+"""fpsim: an educational, bit-exact simulator of floating-point formats for JAX.
+
+The core (this namespace) needs only JAX: formats, rounding, bit patterns. Flax, optax
+and matplotlib integrations live in ``fpsim.nn``, ``fpsim.optim`` and ``fpsim.plot``
+and are imported on first use.
+"""
+
+from fpsim.codec import all_values as all_values
+from fpsim.codec import code_dtype as code_dtype
+from fpsim.codec import decode as decode
+from fpsim.codec import encode as encode
+from fpsim.formats import BF16 as BF16
+from fpsim.formats import E2M1 as E2M1
+from fpsim.formats import E2M3 as E2M3
+from fpsim.formats import E3M2 as E3M2
+from fpsim.formats import E3M4 as E3M4
+from fpsim.formats import E4M3 as E4M3
+from fpsim.formats import E4M3_IEEE as E4M3_IEEE
+from fpsim.formats import E4M3_SAT as E4M3_SAT
+from fpsim.formats import E4M3B11FNUZ as E4M3B11FNUZ
+from fpsim.formats import E4M3FNUZ as E4M3FNUZ
+from fpsim.formats import E5M2 as E5M2
+from fpsim.formats import E5M2FNUZ as E5M2FNUZ
+from fpsim.formats import FORMATS as FORMATS
+from fpsim.formats import FP4_E2M1 as FP4_E2M1
+from fpsim.formats import FP6_E2M3 as FP6_E2M3
+from fpsim.formats import FP6_E3M2 as FP6_E3M2
+from fpsim.formats import FP16 as FP16
+from fpsim.formats import FP32 as FP32
+from fpsim.formats import TF32 as TF32
+from fpsim.formats import Format as Format
+from fpsim.formats import format_names as format_names
+from fpsim.formats import get_format as get_format
+from fpsim.rounding import ROUNDING_MODES as ROUNDING_MODES
+from fpsim.rounding import FormatLike as FormatLike
+from fpsim.rounding import Rounding as Rounding
+from fpsim.rounding import next_down as next_down
+from fpsim.rounding import next_up as next_up
+from fpsim.rounding import quantize as quantize
+from fpsim.rounding import ulp as ulp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BF16", "E2M1", "E2M3", "E3M2", "E3M4", "E4M3", "E4M3B11FNUZ", "E4M3FNUZ", "E4M3_IEEE",
+    "E4M3_SAT", "E5M2", "E5M2FNUZ", "FORMATS", "FP16", "FP32", "FP4_E2M1", "FP6_E2M3",
+    "FP6_E3M2", "Format", "FormatLike", "ROUNDING_MODES", "Rounding", "TF32", "all_values",
+    "code_dtype", "decode", "encode", "format_names", "get_format", "next_down", "next_up",
+    "quantize", "ulp",
+]  # fmt: skip

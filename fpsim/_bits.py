@@ -1,0 +1,65 @@
+"""Bit views of float32 and float64: the carrier types fpsim rounds inside.
+
+fpsim never rounds with floating-point operations. XLA on CPU treats float32 subnormal
+inputs of float operations as zero, and may keep excess precision across a float round
+trip, so ``x * 2**k`` or ``frexp`` tricks are not bit-exact everywhere. Instead a float is
+reinterpreted (bitcast) as an unsigned integer; for a non-negative float, the integer
+order *is* the value order, and rounding is integer arithmetic on the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+@dataclasses.dataclass(frozen=True)
+class Carrier:
+    """An IEEE binary type that fpsim computes in (float32, or float64 under x64)."""
+
+    dtype: type
+    uint: type
+    width: int  # total bits
+    mant: int  # stored mantissa bits
+    bias: int
+
+    @property
+    def sign_mask(self) -> int:
+        return 1 << (self.width - 1)
+
+    @property
+    def abs_mask(self) -> int:
+        return self.sign_mask - 1
+
+    @property
+    def inf_bits(self) -> int:
+        return ((1 << (self.width - 1 - self.mant)) - 1) << self.mant
+
+    @property
+    def qnan_bits(self) -> int:
+        return self.inf_bits | (1 << (self.mant - 1))
+
+    def bits_of(self, value: float) -> int:
+        """The bit pattern of a Python float converted exactly to this type."""
+        arr = np.array(value, dtype=self.dtype)
+        if float(arr) != value and not np.isnan(value):
+            raise ValueError(f"{value!r} is not exactly representable in {self.dtype}")
+        return int(arr.view(self.uint))
+
+    def to_bits(self, x: jnp.ndarray) -> jnp.ndarray:
+        return lax.bitcast_convert_type(x, self.uint)
+
+    def from_bits(self, bits: jnp.ndarray) -> jnp.ndarray:
+        return lax.bitcast_convert_type(bits, self.dtype)
+
+
+F32 = Carrier(jnp.float32, jnp.uint32, 32, 23, 127)
+F64 = Carrier(jnp.float64, jnp.uint64, 64, 52, 1023)
+
+
+def carrier_of(dtype) -> Carrier:
+    """The carrier for an input dtype (float64 only when JAX's x64 mode is on)."""
+    return F64 if jnp.dtype(dtype) == jnp.float64 else F32

@@ -1,0 +1,277 @@
+"""Number formats: what a binary floating-point format is, and the ones in use.
+
+A binary floating-point number is ``(-1)**sign * 2**exponent * significand``. A *format*
+fixes how many bits store each part:
+
+* ``exponent_bits`` store the exponent, offset by the ``bias`` so that the field is an
+  unsigned integer. Field value ``e`` in ``1 .. top`` means a *normal* number
+  ``2**(e - bias) * 1.mmm``: the leading 1 is implicit and not stored.
+* ``mantissa_bits`` store the fraction ``mmm`` after the binary point. With ``p =
+  mantissa_bits + 1`` significant bits, neighbouring numbers in ``[1, 2)`` are ``2**-m``
+  apart: that is the format's ``eps``.
+* Field value ``e = 0`` means a *subnormal* number ``2**(1 - bias) * 0.mmm``: no implicit
+  1, so the numbers keep the same spacing all the way down to zero (gradual underflow).
+
+Formats differ in what the top of the code space means. fpsim knows four conventions,
+which are the four ml_dtypes uses:
+
+``"ieee"``
+    IEEE 754 (FP32, FP16, BF16, E5M2, ml_dtypes' ``float8_e4m3``): the all-ones exponent
+    is reserved; mantissa 0 is +-inf, anything else NaN.
+``"fn"``
+    OCP FP8 "finite, NaN" (E4M3): no infinities; only the all-ones pattern ``S.1111.111``
+    is NaN, so the top exponent holds numbers too, and E4M3 reaches 448 instead of 240.
+``"fnuz"``
+    "finite, NaN, unsigned zero" (AMD/Graphcore FP8): no inf, no -0; the pattern of -0
+    (``1000 0000``) is the single NaN.
+``"none"``
+    No special values at all (OCP MX element types FP6 and FP4): every pattern is a
+    number. Overflow and infinities clamp to +-max; NaN has nowhere to go and becomes 0.
+
+This module is plain Python: no JAX, so it can be imported and read anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+Convention = Literal["ieee", "fn", "fnuz", "none"]
+CONVENTIONS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """A binary floating-point format with a sign bit.
+
+    Frozen and hashable, so it can be a static argument of ``jax.jit`` and a key of a
+    cache. Every derived number (``max``, ``eps``, ...) is a property computed exactly
+    from the four fields, never stored.
+
+    Attributes:
+      name: short name, e.g. ``"e4m3"``; used in tables and figures.
+      exponent_bits: width of the exponent field (1 to 8).
+      mantissa_bits: width of the stored fraction (0 to 23), without the implicit bit.
+      bias: exponent bias; ``None`` means the IEEE choice ``2**(exponent_bits-1) - 1``.
+      convention: how special values are encoded: ``"ieee"``, ``"fn"``, ``"fnuz"`` or
+        ``"none"`` (see the module docstring).
+
+    fpsim simulates a format by rounding float32 values onto its grid, so every value of
+    the format must be a float32 value: the exponent range must fit inside float32's.
+
+    Example:
+      >>> e5m6 = Format("e5m6", exponent_bits=5, mantissa_bits=6)
+      >>> e5m6.bits, e5m6.max, e5m6.eps
+      (12, 64512.0, 0.015625)
+    """
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int | None = None
+    convention: Convention = "ieee"
+
+    def __post_init__(self) -> None:
+        if self.bias is None:
+            object.__setattr__(self, "bias", 2 ** (self.exponent_bits - 1) - 1)
+        if self.convention not in CONVENTIONS:
+            raise ValueError(
+                f"unknown convention {self.convention!r}; valid: {', '.join(CONVENTIONS)}"
+            )
+        if not 1 <= self.exponent_bits <= 8:
+            raise ValueError(f"exponent_bits must be 1..8, got {self.exponent_bits}")
+        if not 0 <= self.mantissa_bits <= 23:
+            raise ValueError(f"mantissa_bits must be 0..23, got {self.mantissa_bits}")
+        if self.convention == "ieee" and self.exponent_bits < 2:
+            raise ValueError("an 'ieee' format needs at least 2 exponent bits")
+        if self.convention == "fn" and self.exponent_bits + self.mantissa_bits < 2:
+            raise ValueError("an 'fn' format needs at least 2 exponent+mantissa bits")
+        if self.convention == "ieee" and self.mantissa_bits < 1:
+            raise ValueError("an 'ieee' format needs a mantissa bit to encode NaN")
+        if self.emin < -126 or self.emax > 127:
+            raise ValueError(
+                f"{self.name}: normal exponents {self.emin}..{self.emax} do not fit in "
+                "float32's -126..127 (fpsim computes in float32); choose a bias <= 127 "
+                "and an exponent range no wider than float32's"
+            )
+
+    # --- the layout -------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        """Total width: sign + exponent + mantissa."""
+        return 1 + self.exponent_bits + self.mantissa_bits
+
+    @property
+    def has_inf(self) -> bool:
+        """Whether +-inf exist (only the IEEE convention has them)."""
+        return self.convention == "ieee"
+
+    @property
+    def has_nan(self) -> bool:
+        """Whether NaN exists (every convention but ``"none"``)."""
+        return self.convention != "none"
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal number: ``1 - bias``."""
+        return 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        """Exponent of the largest finite number."""
+        top = 2**self.exponent_bits - 1
+        if self.convention == "ieee":
+            top -= 1  # the all-ones exponent holds inf and NaN
+        elif self.convention == "fn" and self.mantissa_bits == 0:
+            top -= 1  # S.111 is the only pattern there, and it is NaN
+        return top - self.bias
+
+    # --- derived values (exact Python floats) -----------------------------------------
+    @property
+    def max(self) -> float:
+        """Largest finite value."""
+        m = self.mantissa_bits
+        top_mantissa = 2**m - 1
+        if self.convention == "fn" and m > 0:
+            top_mantissa -= 1  # S.1111.111 is NaN, so the top binade stops one short
+        return math.ldexp(2**m + top_mantissa, self.emax - m)
+
+    @property
+    def min_normal(self) -> float:
+        """Smallest positive normal value, ``2**emin``."""
+        return math.ldexp(1.0, self.emin)
+
+    @property
+    def min_subnormal(self) -> float:
+        """Smallest positive value, ``2**(emin - mantissa_bits)``."""
+        return math.ldexp(1.0, self.emin - self.mantissa_bits)
+
+    @property
+    def eps(self) -> float:
+        """Distance from 1.0 to the next larger value, ``2**-mantissa_bits``."""
+        return math.ldexp(1.0, -self.mantissa_bits)
+
+    @property
+    def unit_roundoff(self) -> float:
+        """Largest relative error of rounding to nearest in the normal range, eps/2."""
+        return self.eps / 2
+
+    @property
+    def decimal_digits(self) -> float:
+        """Decimal digits of precision, ``(mantissa_bits + 1) * log10(2)``."""
+        return (self.mantissa_bits + 1) * math.log10(2)
+
+    @property
+    def dynamic_range(self) -> float:
+        """Binades from the smallest subnormal to the largest value, ``log2(max/min)``."""
+        return math.log2(self.max / self.min_subnormal)
+
+    @property
+    def num_values(self) -> int:
+        """Number of bit patterns that are numbers (NaN patterns excluded, -0 included)."""
+        nans = {"ieee": 2 * (2**self.mantissa_bits - 1), "fn": 2, "fnuz": 1, "none": 0}
+        return 2**self.bits - nans[self.convention]
+
+    @property
+    def dtype_name(self) -> str | None:
+        """Name of the ml_dtypes/numpy type with exactly these semantics, if any."""
+        return _DTYPE_NAMES.get(self)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _fmt(name: str, e: int, m: int, convention: Convention = "ieee", bias=None) -> Format:
+    return Format(name, e, m, bias, convention)
+
+
+FP32 = _fmt("fp32", 8, 23)
+TF32 = _fmt("tf32", 8, 10)
+FP16 = _fmt("fp16", 5, 10)
+BF16 = _fmt("bf16", 8, 7)
+E4M3 = _fmt("e4m3", 4, 3, "fn")
+E5M2 = _fmt("e5m2", 5, 2)
+E4M3FNUZ = _fmt("e4m3fnuz", 4, 3, "fnuz", bias=8)
+E5M2FNUZ = _fmt("e5m2fnuz", 5, 2, "fnuz", bias=16)
+E4M3B11FNUZ = _fmt("e4m3b11fnuz", 4, 3, "fnuz", bias=11)
+E4M3_IEEE = _fmt("e4m3_ieee", 4, 3)
+E3M4 = _fmt("e3m4", 3, 4)
+E2M3 = _fmt("e2m3", 2, 3, "none")
+E3M2 = _fmt("e3m2", 3, 2, "none")
+E2M1 = _fmt("e2m1", 2, 1, "none")
+#: Graphcore/"saturating" E4M3 with no special values: max 480.
+E4M3_SAT = _fmt("e4m3_sat", 4, 3, "none")
+
+FP6_E2M3, FP6_E3M2, FP4_E2M1 = E2M3, E3M2, E2M1
+
+_DTYPE_NAMES: dict[Format, str] = {
+    FP32: "float32",
+    FP16: "float16",
+    BF16: "bfloat16",
+    E4M3: "float8_e4m3fn",
+    E5M2: "float8_e5m2",
+    E4M3FNUZ: "float8_e4m3fnuz",
+    E5M2FNUZ: "float8_e5m2fnuz",
+    E4M3B11FNUZ: "float8_e4m3b11fnuz",
+    E4M3_IEEE: "float8_e4m3",
+    E3M4: "float8_e3m4",
+    E2M3: "float6_e2m3fn",
+    E3M2: "float6_e3m2fn",
+    E2M1: "float4_e2m1fn",
+}
+
+#: Every predefined format, widest first.
+FORMATS: tuple[Format, ...] = (
+    FP32, TF32, FP16, BF16, E4M3, E5M2, E4M3FNUZ, E5M2FNUZ, E4M3B11FNUZ,
+    E4M3_IEEE, E3M4, E4M3_SAT, E2M3, E3M2, E2M1,
+)  # fmt: skip
+
+_ALIASES: dict[str, Format] = {f.name: f for f in FORMATS}
+_ALIASES.update({name: f for f, name in _DTYPE_NAMES.items()})
+_ALIASES.update(
+    {
+        "float": FP32,
+        "single": FP32,
+        "half": FP16,
+        "tensorfloat32": TF32,
+        "fp8": E4M3,
+        "fp8_e4m3": E4M3,
+        "fp8_e5m2": E5M2,
+        "e4m3fn": E4M3,
+        "fp6": E2M3,
+        "fp6_e2m3": E2M3,
+        "fp6_e3m2": E3M2,
+        "fp4": E2M1,
+        "fp4_e2m1": E2M1,
+        "mxfp6": E2M3,
+        "mxfp4": E2M1,
+    }
+)
+
+
+def format_names() -> list[str]:
+    """All names :func:`get_format` accepts, sorted."""
+    return sorted(_ALIASES)
+
+
+def get_format(name: str | Format) -> Format:
+    """Look a format up by name, case-insensitively; a Format passes through.
+
+    Accepts fpsim's short names (``"fp16"``, ``"e4m3"``), the ml_dtypes names
+    (``"float8_e4m3fn"``, ``"bfloat16"``, ``"float4_e2m1fn"``) and a few common aliases.
+
+    Raises:
+      ValueError: for an unknown name; the message lists the valid ones.
+      TypeError: for something that is neither a string nor a Format.
+    """
+    if isinstance(name, Format):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"expected a format name or fpsim.Format, got {type(name).__name__}")
+    try:
+        return _ALIASES[name.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown format {name!r}; valid names: {', '.join(format_names())}"
+        ) from None
