@@ -39,7 +39,24 @@ from fpsim.rounding import next_up as next_up
 from fpsim.rounding import quantize as quantize
 from fpsim.rounding import ulp as ulp
 
+from fpsim.numerics import *  # noqa: E402, F403  (names listed in fpsim.numerics.__all__)
+from fpsim.stats import *  # noqa: E402, F403  (names listed in fpsim.stats.__all__)
+from fpsim import numerics as _numerics, stats as _stats  # noqa: E402
+
 __version__ = "0.1.0"
+
+# Integrations that need flax, optax or matplotlib load on first use, so that
+# `import fpsim` stays light: fpsim.nn, fpsim.optim, fpsim.plot.
+_LAZY = ("nn", "optim", "plot", "cli", "demo")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"fpsim.{name}")
+    raise AttributeError(f"module 'fpsim' has no attribute {name!r}")
+
 
 __all__ = [
     "BF16", "E2M1", "E2M3", "E3M2", "E3M4", "E4M3", "E4M3B11FNUZ", "E4M3FNUZ", "E4M3_IEEE",
@@ -48,3 +65,4 @@ __all__ = [
     "code_dtype", "decode", "encode", "format_names", "get_format", "next_down", "next_up",
     "quantize", "ulp",
 ]  # fmt: skip
+__all__ += list(_numerics.__all__) + list(_stats.__all__)

@@ -92,7 +92,9 @@ def _decode(code, fmt: Format):
     sign = (code >> (fmt.bits - 1)) << 31
     field = ((code >> m) & ((1 << e) - 1)).astype(jnp.int32)
     mant = code & jnp.uint32((1 << m) - 1)
-    normal = ((field - fmt.bias + c.bias).astype(jnp.uint32) << c.mant) | (mant << (c.mant - m))
+    normal = ((field - fmt.bias + c.bias).astype(jnp.uint32) << c.mant) | (
+        mant << (c.mant - m)
+    )
     # subnormal: mant * 2**(emin - m); normalise with the position k of mant's top bit
     k = 31 - lax.clz(mant).astype(jnp.int32)
     exp = fmt.emin - m + k

@@ -268,7 +268,9 @@ def get_format(name: str | Format) -> Format:
     if isinstance(name, Format):
         return name
     if not isinstance(name, str):
-        raise TypeError(f"expected a format name or fpsim.Format, got {type(name).__name__}")
+        raise TypeError(
+            f"expected a format name or fpsim.Format, got {type(name).__name__}"
+        )
     try:
         return _ALIASES[name.strip().lower()]
     except KeyError:

@@ -302,7 +302,9 @@ def _carrier_step_up(x):
     pos = (b & u(c.sign_mask)) == 0
     stepped = jnp.where(pos, b + u(1), jnp.where(b == u(c.sign_mask), u(1), b - u(1)))
     stepped = jnp.where((b & u(c.abs_mask)) >= u(c.inf_bits), b, stepped)  # nan, +-inf
-    stepped = jnp.where(b == u(c.inf_bits | c.sign_mask), u(c.sign_mask | (c.inf_bits - 1)), stepped)
+    stepped = jnp.where(
+        b == u(c.inf_bits | c.sign_mask), u(c.sign_mask | (c.inf_bits - 1)), stepped
+    )
     return c.from_bits(stepped)
 
 

@@ -1,0 +1,3 @@
+"""Emulated low-precision arithmetic (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Value statistics against a format (see DESIGN.md)."""
+
+__all__: list[str] = []
