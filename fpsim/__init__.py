@@ -5,6 +5,8 @@ and matplotlib integrations live in ``fpsim.nn``, ``fpsim.optim`` and ``fpsim.pl
 and are imported on first use.
 """
 
+from fpsim import numerics as _numerics  # noqa: E402
+from fpsim import stats as _stats
 from fpsim.codec import all_values as all_values
 from fpsim.codec import code_dtype as code_dtype
 from fpsim.codec import decode as decode
@@ -31,6 +33,7 @@ from fpsim.formats import TF32 as TF32
 from fpsim.formats import Format as Format
 from fpsim.formats import format_names as format_names
 from fpsim.formats import get_format as get_format
+from fpsim.numerics import *  # noqa: E402, F403  (names listed in fpsim.numerics.__all__)
 from fpsim.rounding import ROUNDING_MODES as ROUNDING_MODES
 from fpsim.rounding import FormatLike as FormatLike
 from fpsim.rounding import Rounding as Rounding
@@ -38,10 +41,7 @@ from fpsim.rounding import next_down as next_down
 from fpsim.rounding import next_up as next_up
 from fpsim.rounding import quantize as quantize
 from fpsim.rounding import ulp as ulp
-
-from fpsim.numerics import *  # noqa: E402, F403  (names listed in fpsim.numerics.__all__)
 from fpsim.stats import *  # noqa: E402, F403  (names listed in fpsim.stats.__all__)
-from fpsim import numerics as _numerics, stats as _stats  # noqa: E402
 
 __version__ = "0.1.0"
 
