@@ -1,0 +1,236 @@
+"""Histogram of log2|x| held against a format's range (Micikevicius et al. 2017, Fig. 3).
+
+The figure that motivated loss scaling: most activation gradients of a network trained
+in FP32 lie below FP16's smallest subnormal, so stored in FP16 they would become zero.
+Here it is for any array or pytree and any format.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from fpsim.formats import Format, get_format
+from fpsim.plot._style import BANDS, new_axes, pow2_label
+from fpsim.stats import Log2Histogram, log2_histogram, value_counts
+
+
+class BandFractions(NamedTuple):
+    """Fractions of all values (zeros and inf/NaN included) in each band of a format.
+
+    Attributes:
+      underflow: nonzero values that would be flushed to zero.
+      subnormal: values that would become subnormal (fewer significant bits).
+      normal: values that keep full relative precision.
+      overflow: finite values too large: inf, NaN or max, depending on the format.
+      zero: inputs that are exactly zero.
+      nonfinite: inputs that are inf or NaN.
+      total: the number of values.
+      exact: True when computed from the values (rounding to nearest, exact);
+        False when estimated from a histogram by binade (a bin counts in the band its
+        lower edge lies in).
+    """
+
+    underflow: float
+    subnormal: float
+    normal: float
+    overflow: float
+    zero: float
+    nonfinite: float
+    total: int
+    exact: bool
+
+
+def _band_of_bins(edges: np.ndarray, fmt: Format) -> np.ndarray:
+    lower = edges[:-1]
+    return np.where(
+        lower < math.log2(fmt.min_subnormal),
+        "underflow",
+        np.where(
+            lower < fmt.emin,
+            "subnormal",
+            np.where(lower < math.log2(fmt.max), "normal", "overflow"),
+        ),
+    )
+
+
+def band_fractions(data, fmt: Format | str) -> BandFractions:
+    """The fraction of ``data`` in each band of ``fmt``'s range.
+
+    Args:
+      data: an array or pytree of arrays (classified exactly, rounding to nearest, by
+        :func:`fpsim.value_counts`), or a :class:`fpsim.Log2Histogram` (estimated by
+        binade).
+      fmt: the format.
+    """
+    fmt = get_format(fmt)
+    if isinstance(data, Log2Histogram):
+        counts = np.asarray(data.counts, np.int64)
+        zeros, nonfinite = int(data.zeros), int(data.nonfinite)
+        total = int(counts.sum()) + zeros + nonfinite
+        bands = _band_of_bins(np.asarray(data.edges), fmt)
+        n = max(total, 1)
+        per = {b: int(counts[bands == b].sum()) / n for b in BANDS}
+        return BandFractions(
+            **per, zero=zeros / n, nonfinite=nonfinite / n, total=total, exact=False
+        )
+    c = value_counts(data, fmt)
+    total = int(c.total)
+    n = max(total, 1)
+    return BandFractions(
+        underflow=int(c.underflow) / n,
+        subnormal=int(c.subnormal) / n,
+        normal=int(c.normal) / n,
+        overflow=int(c.overflow) / n,
+        zero=int(c.zero) / n,
+        nonfinite=(int(c.inf) + int(c.nan)) / n,
+        total=total,
+        exact=True,
+    )
+
+
+def _histogram_for(data, fmt: Format, lo, hi) -> Log2Histogram:
+    if isinstance(data, Log2Histogram):
+        return data
+    if lo is None or hi is None:  # cover the data and the format's range, 3 binades spare
+        full = log2_histogram(data)
+        nz = np.flatnonzero(np.asarray(full.counts))
+        edges = np.asarray(full.edges)
+        d_lo = int(edges[nz[0]]) if nz.size else 0
+        d_hi = int(edges[nz[-1] + 1]) if nz.size else 0
+        f_lo = math.floor(math.log2(fmt.min_subnormal))
+        f_hi = math.ceil(math.log2(fmt.max))
+        lo = min(d_lo, f_lo) - 3 if lo is None else lo
+        hi = max(d_hi, f_hi) + 3 if hi is None else hi
+    return log2_histogram(data, lo=int(lo), hi=int(hi))
+
+
+def range_histogram(
+    data,
+    fmt: Format | str,
+    *,
+    ax=None,
+    lo: int | None = None,
+    hi: int | None = None,
+    what: str = "values",
+    logy: bool = False,
+    title: str | None = None,
+):
+    """Histogram of ``log2|x|`` with the bands of ``fmt``'s range and their fractions.
+
+    One bar per binade ``[2**k, 2**(k+1))``. Background bands mark where values would
+    be flushed to zero (below ``fmt.min_subnormal``), become subnormal (up to
+    ``fmt.min_normal``), stay normal (up to ``fmt.max``), or overflow; the fraction of
+    all values in each band is written in it.
+
+    Args:
+      data: an array or pytree of arrays, or a :class:`fpsim.Log2Histogram`.
+      fmt: the format whose range to show.
+      ax: axes to draw into; a new figure when None.
+      lo, hi: integer log2 edges of the histogram; default: the data's extent and the
+        format's range, with three binades to spare (ignored for a histogram).
+      what: what the values are, for the title (e.g. ``"activation gradients"``).
+      logy: logarithmic count axis.
+      title: overrides the default title.
+
+    Returns:
+      The Axes. The bars are ``ax.containers[0]``; the band patches have gids
+      ``"band:underflow"``, ``"band:subnormal"``, ``"band:normal"``, ``"band:overflow"``.
+    """
+    fmt = get_format(fmt)
+    hist = _histogram_for(data, fmt, lo, hi)
+    fr = band_fractions(data, fmt)
+    counts, edges = np.asarray(hist.counts), np.asarray(hist.edges, np.float64)
+    ax = new_axes(ax, figsize=(10, 4.8))
+    ax.bar(
+        edges[:-1],
+        counts,
+        width=1.0,
+        align="edge",
+        color="0.25",
+        edgecolor="white",
+        linewidth=0.5,
+        label="values per binade",
+        zorder=3,
+    )
+    left, right = float(edges[0]), float(edges[-1])
+    cuts = [math.log2(fmt.min_subnormal), float(fmt.emin), math.log2(fmt.max)]
+    spans = {
+        "underflow": (left, cuts[0]),
+        "subnormal": (cuts[0], cuts[1]),
+        "normal": (cuts[1], cuts[2]),
+        "overflow": (cuts[2], right),
+    }
+    for i, (name, (a, b)) in enumerate(spans.items()):
+        label, color, hatch = BANDS[name]
+        ax.axvspan(
+            a,
+            b,
+            facecolor=color,
+            alpha=0.3,
+            hatch=hatch,
+            edgecolor=color,
+            linewidth=0,
+            gid=f"band:{name}",
+            zorder=1,
+        )
+        if b <= left or a >= right:
+            continue
+        a, b = max(a, left), min(b, right)
+        x, ha = (a + b) / 2, "center"
+        if b - a < 0.12 * (right - left) and name in ("underflow", "overflow"):
+            x, ha = (left + 0.3, "left") if name == "underflow" else (right - 0.3, "right")
+        ax.text(
+            x,
+            0.97 - 0.11 * (i % 2),
+            f"{label}\n{100 * getattr(fr, name):.1f}%",
+            transform=ax.get_xaxis_transform(),
+            ha=ha,
+            va="top",
+            fontsize=8,
+            zorder=4,
+            bbox={"facecolor": "white", "edgecolor": color, "alpha": 0.9},
+        )
+    names = ("min subnormal", "min normal", "max")
+    for x, name, value in zip(
+        cuts, names, (fmt.min_subnormal, fmt.min_normal, fmt.max), strict=True
+    ):
+        ax.axvline(x, color="black", linestyle="--", linewidth=1, zorder=2)
+        ax.text(
+            x,
+            0.55,
+            f" {name} = {value:.4g} ",
+            transform=ax.get_xaxis_transform(),
+            rotation=90,
+            ha="center",
+            va="center",
+            fontsize=8,
+            zorder=4,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
+    ax.set_xlim(left, right)
+    ax.set_ylim(top=(max(counts.max(), 1) if counts.size else 1) * (3 if logy else 1.35))
+    if logy:
+        ax.set_yscale("log")
+    step = max(1, math.ceil((right - left) / 16))
+    ks = [k for k in range(math.ceil(left), math.floor(right) + 1) if k % step == 0]
+    ax.set_xticks(ks, [pow2_label(k) for k in ks], fontsize=8)
+    ax.set_xlabel("|x|  (log2 scale, one bar per binade $[2^k, 2^{k+1})$)")
+    ax.set_ylabel("number of values")
+    note = "" if fr.exact else " (estimated by binade)"
+    extra = []
+    if fr.zero:
+        extra.append(f"{100 * fr.zero:.1f}% exact zeros")
+    if fr.nonfinite:
+        extra.append(f"{100 * fr.nonfinite:.1f}% inf/NaN")
+    ax.set_title(
+        title
+        or (
+            f"{what} ({fr.total:,}) against the range of {fmt.name}{note}"
+            + (f"; not shown: {', '.join(extra)}" if extra else "")
+        ),
+        fontsize=10,
+    )
+    return ax

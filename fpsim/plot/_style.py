@@ -1,0 +1,66 @@
+"""Shared look of fpsim's figures: a colour-blind-safe palette that also reads in grayscale.
+
+Colours are Okabe and Ito's palette (safe for the common colour-vision deficiencies);
+every series also gets its own line style, marker or hatch, so a figure printed in
+grayscale still tells the series apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: Okabe-Ito palette (Okabe & Ito 2008), in an order that keeps neighbours distinct.
+OKABE_ITO = (
+    "#0072B2",  # blue
+    "#D55E00",  # vermillion
+    "#009E73",  # bluish green
+    "#E69F00",  # orange
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#000000",  # black
+    "#F0E442",  # yellow (light: only for fills)
+)
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+#: How each region of a format's range is drawn: (label, face colour, hatch).
+BANDS = {
+    "underflow": ("flushed to zero", "#E69F00", "xx"),
+    "subnormal": ("subnormal", "#56B4E9", "//"),
+    "normal": ("normal", "#009E73", ""),
+    "overflow": ("overflow", "#D55E00", "\\\\"),
+}
+
+
+def style(i: int) -> dict:
+    """Line colour, line style and marker of the i-th series."""
+    return {
+        "color": OKABE_ITO[i % 7],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+    }
+
+
+def new_axes(ax, figsize=(8.0, 4.5)):
+    """``ax`` itself, or the axes of a new pyplot figure (shown inline in notebooks)."""
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def pow2_label(k: float) -> str:
+    """``2^k`` as mathtext, for tick labels."""
+    return f"$2^{{{int(k)}}}$" if float(k).is_integer() else f"$2^{{{k:g}}}$"
+
+
+def number_label(x: float) -> str:
+    """A short human label for a format constant: ``448``, ``2^-9``, ``65504``."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    k = math.log2(abs(x))
+    if k.is_integer() and not (0 <= k <= 10):
+        return pow2_label(k)
+    return f"{x:g}"
