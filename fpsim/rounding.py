@@ -131,7 +131,14 @@ def _random_words(key, shape, c: _bits.Carrier, random_bits: int | None) -> jax.
     """Uniform random integers of ``random_bits`` bits (default: the carrier's width)."""
     k = c.width if random_bits is None else random_bits
     width = next(w for w in (8, 16, 32, 64) if w >= k)
-    words = jax.random.bits(key, shape, jnp.dtype(f"uint{width}"))
+    size = int(np.prod(shape, dtype=np.int64))
+    if width < 32:  # draw 32-bit words and cut each into 32/width pieces: fewer draws
+        per_word = 32 // width
+        raw = jax.random.bits(key, (-(-size // per_word),), jnp.uint32)
+        pieces = lax.bitcast_convert_type(raw, jnp.dtype(f"uint{width}"))
+        words = pieces.reshape(-1)[:size].reshape(shape)
+    else:
+        words = jax.random.bits(key, shape, jnp.dtype(f"uint{width}"))
     return words >> (width - k) if width > k else words
 
 
