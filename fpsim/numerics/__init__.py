@@ -1,3 +1,21 @@
-"""Emulated low-precision arithmetic (see DESIGN.md)."""
+"""Emulated low-precision arithmetic (see DESIGN.md).
 
-__all__: list[str] = []
+* :func:`quantizer` / :func:`fake_quant`: round forward to one format and the cotangent
+  backward to another (a layer boundary of a low-precision network).
+* :func:`lp_sum`, :func:`lp_dot`, :func:`lp_matmul`, :func:`lp_dot_general`: sums and dot
+  products with an input, product, accumulation and output format and a choice of
+  accumulation order (sequential, pairwise, chunked, Kahan).
+* :func:`emulate`: run any JAX function with every floating-point primitive rounded.
+"""
+
+from fpsim.numerics._accumulate import ORDERS as ORDERS
+from fpsim.numerics._accumulate import lp_sum as lp_sum
+from fpsim.numerics._dot import lp_dot as lp_dot
+from fpsim.numerics._dot import lp_dot_general as lp_dot_general
+from fpsim.numerics._dot import lp_matmul as lp_matmul
+from fpsim.numerics._quantizer import fake_quant as fake_quant
+from fpsim.numerics._quantizer import quantizer as quantizer
+
+__all__: list[str] = [
+    "ORDERS", "fake_quant", "lp_dot", "lp_dot_general", "lp_matmul", "lp_sum", "quantizer",
+]  # fmt: skip

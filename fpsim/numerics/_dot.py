@@ -1,0 +1,153 @@
+"""Dot and matrix products with four formats: inputs, products, accumulator, output.
+
+A hardware dot product unit (a tensor core, an FP8 MMA) does three things, each in its
+own precision:
+
+1. reads the operands, stored in the *input* format (FP16, BF16, E4M3, ...);
+2. multiplies pairs: the *product* format. Two ``p``-bit significands multiply to at
+   most ``2p`` bits, so the product of two FP16 values (p = 11) is exact in float32
+   (24 bits), as long as its exponent stays in float32's normal range. BF16 products
+   can leave it: BF16 has float32's exponent range, so ``2**-100 * 2**-100``
+   underflows (and, on CPU, float32 subnormal products are flushed to zero);
+3. adds the products into an *accumulator*: FP32 on most tensor cores, FP16 on some
+   older or cheaper paths, in an order fixed by the hardware (see ``_accumulate``).
+
+The result is finally rounded to the *output* format. ``lp_dot_general`` simulates all
+four roundings bit-exactly, with ``lax.dot_general``'s dimension numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fpsim.formats import FP32, Format, get_format
+from fpsim.numerics._accumulate import Order, _accumulate, _check
+from fpsim.numerics._arith import round_to
+from fpsim.rounding import FormatLike, as_float_array
+
+
+def _fmt(f: FormatLike | None) -> Format | None:
+    return None if f is None else get_format(f)
+
+
+def _canonical(lhs, rhs, dimension_numbers):
+    """Transpose and reshape to ``(B, M, K)`` and ``(B, K, N)``; return the out shape."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    lf = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
+    rf = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
+    batch = [lhs.shape[d] for d in lb]
+    m = [lhs.shape[d] for d in lf]
+    n = [rhs.shape[d] for d in rf]
+    k = math.prod(lhs.shape[d] for d in lc)
+    a = jnp.transpose(lhs, (*lb, *lf, *lc)).reshape(math.prod(batch), math.prod(m), k)
+    b = jnp.transpose(rhs, (*rb, *rc, *rf)).reshape(math.prod(batch), k, math.prod(n))
+    return a, b, (*batch, *m, *n)
+
+
+def lp_dot_general(
+    lhs: jax.typing.ArrayLike,
+    rhs: jax.typing.ArrayLike,
+    dimension_numbers,
+    *,
+    inputs: FormatLike | None = None,
+    products: FormatLike | None = None,
+    accum: FormatLike = FP32,
+    output: FormatLike | None = None,
+    order: Order | None = None,
+    chunk: int = 64,
+    rounding: str = "nearest",
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """``lax.dot_general`` with simulated input, product, accumulator and output formats.
+
+    Args:
+      lhs: and ``rhs``: floating-point operands.
+      dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch,
+        rhs_batch))`` as for ``lax.dot_general``; the output is batch dims, then lhs
+        free dims, then rhs free dims.
+      inputs: format the operands are rounded to first (None: as given).
+      products: format each product is rounded to (None: kept exact in float32, which
+        it is for inputs of at most 11 mantissa bits, away from under/overflow).
+      accum: the accumulator's format.
+      output: format of the result (None: the accumulator's value).
+      order: accumulation order (see :func:`fpsim.lp_sum`); default ``"native"`` (XLA's
+        dot) for an FP32 accumulator without a product format, else ``"sequential"``.
+      chunk: chunk length for ``order="chunked"``.
+      rounding: rounding mode of the products and the accumulation.
+      key: random key, for stochastic rounding.
+
+    Returns:
+      float32 array. Memory: sequential, chunked and Kahan orders hold ``B*M*N``
+      (times the number of chunks) values at a time; pairwise holds all ``B*M*K*N``
+      products.
+    """
+    inputs, products, output = _fmt(inputs), _fmt(products), _fmt(output)
+    accum = get_format(accum)
+    if order is None and products is not None:
+        order = "sequential"
+    order = _check(accum, order, chunk, rounding, key)
+    lhs = round_to(as_float_array(lhs, inputs), inputs)
+    rhs = round_to(as_float_array(rhs, inputs), inputs)
+    if order == "native":
+        out = lax.dot_general(lhs, rhs, dimension_numbers,
+                              precision=lax.Precision.HIGHEST)  # fmt: skip
+        return round_to(out, output)
+    a, b, out_shape = _canonical(lhs, rhs, dimension_numbers)
+    pkey = None if key is None else jax.random.fold_in(key, 99)
+
+    def term(ab):  # the rounded products of one contraction index (or a batch of them)
+        ak, bk = ab
+        return round_to(ak[..., :, None] * bk[..., None, :], products, rounding, pkey)
+
+    xs = (jnp.moveaxis(a, 2, 0), jnp.moveaxis(b, 1, 0))  # (K, B, M) and (K, B, N)
+    init = jnp.zeros((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+    out = _accumulate(xs, term, a.shape[2], init, accum, order, chunk, rounding, key)
+    return round_to(out.reshape(out_shape), output)
+
+
+def lp_dot(a: jax.typing.ArrayLike, b: jax.typing.ArrayLike, **spec) -> jax.Array:
+    """Dot product of vectors along the last axis, in simulated low precision.
+
+    ``a`` and ``b`` have the same shape ``(..., n)``; leading axes are batch axes.
+    Keyword arguments are those of :func:`lp_dot_general`.
+
+    Example:
+      >>> import fpsim, jax.numpy as jnp
+      >>> x = jnp.ones(5000)  # 1.0 * 1.0 summed 5000 times, in an FP16 accumulator
+      >>> float(fpsim.lp_dot(x, x, inputs="fp16", accum="fp16"))
+      2048.0
+      >>> float(fpsim.lp_dot(x, x, inputs="fp16", accum="fp16", order="chunked"))
+      5000.0
+    """
+    a, b = as_float_array(a), as_float_array(b)
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(f"lp_dot needs two arrays of one shape (..., n), got {a.shape}, "
+                         f"{b.shape}")  # fmt: skip
+    batch = tuple(range(a.ndim - 1))
+    return lp_dot_general(a, b, (((a.ndim - 1,), (a.ndim - 1,)), (batch, batch)), **spec)
+
+
+def lp_matmul(a: jax.typing.ArrayLike, b: jax.typing.ArrayLike, **spec) -> jax.Array:
+    """Matrix product ``a @ b`` in simulated low precision.
+
+    ``a`` is ``(..., m, k)``; ``b`` is ``(k, n)``, or ``(..., k, n)`` with the same
+    leading (batch) shape as ``a``. Keyword arguments are those of
+    :func:`lp_dot_general`: for instance ``inputs="fp16", accum="fp16",
+    order="chunked", chunk=32``.
+    """
+    a, b = as_float_array(a), as_float_array(b)
+    if a.ndim < 2 or b.ndim < 2 or (b.ndim > 2 and b.shape[:-2] != a.shape[:-2]):
+        raise ValueError(f"lp_matmul needs (..., m, k) @ (k, n) or (..., k, n) with the "
+                         f"same batch shape, got {a.shape} @ {b.shape}")  # fmt: skip
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"contracting sizes differ: {a.shape} @ {b.shape}")
+    if b.ndim == 2:
+        dn = (((a.ndim - 1,), (0,)), ((), ()))
+    else:
+        batch = tuple(range(a.ndim - 2))
+        dn = (((a.ndim - 1,), (b.ndim - 2,)), (batch, batch))
+    return lp_dot_general(a, b, dn, **spec)
