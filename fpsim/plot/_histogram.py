@@ -228,7 +228,7 @@ def range_histogram(
     ax.set_title(
         title
         or (
-            f"{what} ({fr.total:,}) against the range of {fmt.name}{note}"
+            f"{what}: {fr.total:,} values against the range of {fmt.name}{note}"
             + (f"; not shown: {', '.join(extra)}" if extra else "")
         ),
         fontsize=10,

@@ -84,7 +84,7 @@ def number_line(fmt: Format | str, *, ax=None, title: str | None = None, legend=
     data = number_line_data(fmt)
     ax = new_axes(ax, figsize=(12, 2.6))
     lim = 2.0 * fmt.max
-    ax.set_xscale("symlog", base=2, linthresh=fmt.min_subnormal, linscale=0.4)
+    ax.set_xscale("symlog", base=2, linthresh=fmt.min_subnormal, linscale=1.0)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-1, 1.6)
     spans = {
@@ -142,7 +142,7 @@ def number_line(fmt: Format | str, *, ax=None, title: str | None = None, legend=
         ax.axvline(
             x,
             ymin=0.15,
-            ymax=0.84 if high else 0.72,
+            ymax=0.77 if high else 0.65,
             color="0.2",
             linewidth=0.8,
             linestyle="--",
@@ -155,7 +155,7 @@ def number_line(fmt: Format | str, *, ax=None, title: str | None = None, legend=
             fontsize=8,
         )
     lo_k, hi_k = int(math.log2(fmt.min_subnormal)), math.ceil(math.log2(fmt.max))
-    ks = _ticks(lo_k, hi_k)
+    ks = [k for k in _ticks(lo_k, hi_k) if k > lo_k]  # min subnormal is labelled above
     ticks = [-(2.0**k) for k in ks[::-1]] + [0.0] + [2.0**k for k in ks]
     tick_labels = (
         ["$-$" + pow2_label(k) for k in ks[::-1]] + ["0"] + [pow2_label(k) for k in ks]
