@@ -13,9 +13,17 @@ from fpsim.numerics._accumulate import lp_sum as lp_sum
 from fpsim.numerics._dot import lp_dot as lp_dot
 from fpsim.numerics._dot import lp_dot_general as lp_dot_general
 from fpsim.numerics._dot import lp_matmul as lp_matmul
+from fpsim.numerics._emulate import Emulated as Emulated
+from fpsim.numerics._emulate import emulate as emulate
+from fpsim.numerics._policy import FLOAT32_OPS as FLOAT32_OPS
+from fpsim.numerics._policy import Accumulation as Accumulation
+from fpsim.numerics._policy import EmulationPolicy as EmulationPolicy
+from fpsim.numerics._policy import EmulationReport as EmulationReport
 from fpsim.numerics._quantizer import fake_quant as fake_quant
 from fpsim.numerics._quantizer import quantizer as quantizer
 
 __all__: list[str] = [
-    "ORDERS", "fake_quant", "lp_dot", "lp_dot_general", "lp_matmul", "lp_sum", "quantizer",
+    "FLOAT32_OPS", "Accumulation", "EmulationPolicy", "EmulationReport", "Emulated",
+    "emulate", "ORDERS", "fake_quant", "lp_dot", "lp_dot_general", "lp_matmul", "lp_sum",
+    "quantizer",
 ]  # fmt: skip
