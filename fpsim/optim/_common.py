@@ -107,3 +107,8 @@ def find_state(opt_state, cls, what: str):
             "you mean"
         )
     return found[0]
+
+
+NO_PARAMS_MSG = (
+    "this transform needs the current params: call opt.update(updates, state, params)"
+)

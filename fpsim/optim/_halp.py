@@ -99,7 +99,7 @@ def svrg(learning_rate: float, epoch_length: int) -> optax.GradientTransformatio
     ):
         del extra
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(_common.NO_PARAMS_MSG)
         v = _svrg_direction(updates, center_grads, full_grad)
         new_updates = jax.tree.map(lambda d: -learning_rate * d, v)
         new_params = optax.apply_updates(params, new_updates)
@@ -189,7 +189,7 @@ def halp(
     ):
         del extra
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(_common.NO_PARAMS_MSG)
         v = _svrg_direction(updates, center_grads, full_grad)
         start = state.count % epoch_length == 0  # re-scale from the new full gradient
         scale = jax.tree.map(
@@ -258,7 +258,7 @@ def lp_sgd(
     def update_fn(updates, state, params=None, **extra):
         del extra
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(_common.NO_PARAMS_MSG)
         key_data, keys = _common.split_for_leaves(state.key, updates)
         s = jnp.asarray(scale, jnp.float32)
         codes = jax.tree.map(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from fpsim.formats import get_format
-from fpsim.optim._common import add_round_to_odd
+from fpsim.optim._common import NO_PARAMS_MSG, add_round_to_odd
 from fpsim.rounding import FormatLike, quantize
 
 
@@ -66,7 +66,7 @@ def kahan_params(fmt: FormatLike) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(NO_PARAMS_MSG)
 
         def one(u, c, p):
             p = jnp.asarray(p, jnp.float32)

@@ -255,7 +255,7 @@ def quantize_params(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(_common.NO_PARAMS_MSG)
         p32 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
         if master_weights:
             master = jax.tree.map(
