@@ -67,7 +67,7 @@ def _cmd_explain(args) -> int:
     if args.all:
         print(explain_all(value))
         return 0
-    fmt = get_format(args.format)
+    fmt = get_format(args.format or "fp16")
     print(explain(value, fmt))
     return 0
 
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a decimal (0.1, -1e-8, 1/3), inf, nan, or a bit pattern (0x3c00, 0b0101)",
     )
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--format", "-f", default="fp16", help="format name (default fp16)")
+    group.add_argument("--format", "-f", help="format name (default fp16)")
     group.add_argument("--all", action="store_true", help="one line per predefined format")
     p.set_defaults(run=_cmd_explain)
     p = sub.add_parser("formats", help="table of the predefined formats")

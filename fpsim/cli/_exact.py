@@ -44,7 +44,7 @@ def _overflow(neg: bool, fmt: Format) -> Num:
         return Num(neg, "inf")
     if fmt.convention == "none":
         return Num(neg, Fraction(fmt.max))
-    return NAN
+    return Num(neg, "nan")  # the sign survives in the code ("fn"; "fnuz" has one NaN)
 
 
 def round_exact(x: Num, fmt: Format, mode: str) -> tuple[Num, bool]:
@@ -55,7 +55,7 @@ def round_exact(x: Num, fmt: Format, mode: str) -> tuple[Num, bool]:
       unbounded exponent, exceeded ``fmt.max``).
     """
     if x.mag == "nan":
-        return (NAN if fmt.has_nan else Num(x.neg, Fraction(0))), False
+        return (Num(x.neg, "nan") if fmt.has_nan else Num(x.neg, Fraction(0))), False
     if x.mag == "inf":
         return _overflow(x.neg, fmt), False
     mag = x.mag
@@ -73,7 +73,7 @@ def round_exact(x: Num, fmt: Format, mode: str) -> tuple[Num, bool]:
     }[mode]
     r = (lo + away) * q
     if r > Fraction(fmt.max):
-        to_inf = mode == "nearest" or (mode == "up") != x.neg
+        to_inf = mode == "nearest" or (mode, x.neg) in (("up", False), ("down", True))
         return (_overflow(x.neg, fmt) if to_inf else Num(x.neg, Fraction(fmt.max))), True
     if r == 0 and fmt.convention == "fnuz":
         return Num(False, r), False

@@ -69,7 +69,7 @@ def show(v: Num) -> str:
 
 
 def _brief_show(v: Num) -> str:
-    return show(v) if not v.finite else ("-" if v.neg else "") + brief(v.mag, 28)
+    return show(v) if not v.finite else ("-" if v.neg else "") + brief(v.mag, 34)
 
 
 def _hex(code: int, fmt: Format) -> str:
@@ -179,7 +179,7 @@ def _stochastic(x: Num, results: dict[str, Num]) -> str:
 def explain_all(value: Num | int) -> str:
     """One line per predefined format."""
     head = f"{'format':<12} {'bits (sign exponent mantissa)':<36} {'hex':<10} class"
-    lines = [head + "      stored value            relative error", "-" * 116]
+    lines = [head + "      stored value                  relative error", "-" * 122]
     for fmt in FORMATS:
         if isinstance(value, int):
             if value >= 1 << fmt.bits:
@@ -197,6 +197,6 @@ def explain_all(value: Num | int) -> str:
         code = _hex(code_of(r, fmt), fmt)
         lines.append(
             f"{fmt.name:<12} {bit_string(r, fmt):<36} {code:<10} {cls:<10} "
-            f"{_brief_show(r):<28} {rel}"
+            f"{_brief_show(r):<34} {rel}"
         )
     return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""The fpsim command: real values in the output, exit codes, and the exact arithmetic."""
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fpsim
+from fpsim.cli import main
+from fpsim.cli._exact import Num, code_of, decimal, decode_exact, round_exact
+
+MODES = ("nearest", "toward_zero", "up", "down")
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_point_one_in_fp16(capsys):
+    code, out, err = run(capsys, "explain", "0.1", "--format", "fp16")
+    assert code == 0 and not err
+    assert "0 01011 1001100110" in out and "0x2e66" in out
+    assert "stored     0.0999755859375" in out
+    assert "-0.0000244140625" in out  # the exact absolute error
+    assert "in ulps -0.4" in out
+    assert "0.09991455078125  <  stored  <  0.10003662109375" in out
+    assert "up             0.10003662109375  (0x2e67)" in out
+
+
+def test_explain_bit_pattern(capsys):
+    code, out, _ = run(capsys, "explain", "0x3c00", "--format", "fp16")
+    assert code == 0 and "stored     1   " in out
+    code, out, _ = run(capsys, "explain", "0x7e", "-f", "e4m3")
+    assert "stored     448" in out
+    code, out, _ = run(capsys, "explain", "0x7f", "-f", "e4m3")
+    assert "stored     NaN" in out
+
+
+def test_explain_overflow_and_underflow(capsys):
+    _, out, _ = run(capsys, "explain", "65520", "--format", "fp16")
+    assert "overflow" in out and "stored     +inf" in out
+    assert "toward_zero    65504" in out
+    _, out, _ = run(capsys, "explain", "65519", "--format", "fp16")
+    assert "stored     65504" in out
+    _, out, _ = run(capsys, "explain", "1e-8", "--format", "fp16")
+    assert "underflow" in out and "stored     0 " in out
+    _, out, _ = run(capsys, "explain", "465", "--format", "e4m3")
+    assert "stored     NaN" in out and "overflow" in out
+
+
+def test_explain_negative_and_special_values(capsys):
+    _, out, _ = run(capsys, "explain", "-1e-8", "--format", "e4m3")
+    assert "stored     -0 " in out
+    _, out, _ = run(capsys, "explain", "-inf")
+    assert "stored     -inf" in out and "0xfc00" in out
+    _, out, _ = run(capsys, "explain", "nan", "-f", "e2m1")
+    assert "stored     0 " in out  # FP4 has no NaN
+
+
+def test_explain_all(capsys):
+    code, out, _ = run(capsys, "explain", "0.1", "--all")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 + len(fpsim.FORMATS)
+    fp32 = next(line for line in lines if line.startswith("fp32"))
+    assert "0.100000001490116119384765625" in fp32 and "0x3dcccccd" in fp32
+    _, out, _ = run(capsys, "explain", "0x3c00", "--all")
+    assert "too wide" in out and "0.0078125" in out  # bf16's 0x3c00
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["explain", "abc"], "cannot read VALUE"),
+        (["explain", "1", "--format", "fp99"], "unknown format"),
+        (["explain", "0x1ff", "--format", "e4m3"], "does not fit"),
+        (["explain", "1", "--all", "--format", "fp16"], "not allowed"),
+        (["figures", "--outdir", "x", "--only", "nope.png"], "unknown figure"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code != 0 and message in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("fpsim")]) == 1
+
+
+def test_formats_table(capsys):
+    code, out, _ = run(capsys, "formats")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines() if line[:1].isalnum()}
+    for fmt in fpsim.FORMATS:
+        assert fmt.name in rows
+    assert "65504" in rows["fp16"] and "2^-24" in rows["fp16"] and "float16" in rows["fp16"]
+    assert "448" in rows["e4m3"] and "NaN only" in rows["e4m3"]
+    assert "float4_e2m1fn" in rows["e2m1"]
+
+
+def test_demo_hook(capsys, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("fpsim.demo") is None:
+        code, _, err = run(capsys, "demo", "--fast")
+        assert code == 1 and "not available" in err
+    seen = {}
+    fake = type(sys)("fpsim.demo")
+    fake.run = lambda **kw: seen.update(kw) or 0
+    monkeypatch.setitem(sys.modules, "fpsim.demo", fake)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert main(["demo", "--steps", "5", "--seed", "3", "--fast"]) == 0
+    assert seen == {"steps": 5, "seed": 3, "outdir": None, "fast": True}
+
+
+def test_figures_command(tmp_path, capsys):
+    code, out, _ = run(
+        capsys, "figures", "--outdir", str(tmp_path), "--only", "loss_scale.png"
+    )
+    assert code == 0 and (tmp_path / "loss_scale.png").exists()
+
+
+def test_console_script_end_to_end():
+    exe = Path(sys.executable).with_name("fpsim")
+    out = subprocess.run([str(exe), "formats"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "e4m3" in out.stdout
+
+
+# --- the exact arithmetic agrees with the JAX core, bit for bit -----------------------
+def _float(v: Num) -> float:
+    if v.mag == "nan":
+        return np.nan
+    mag = np.inf if v.mag == "inf" else float(v.mag)
+    return -mag if v.neg else mag
+
+
+@pytest.mark.parametrize("name", ["e4m3", "e5m2", "e4m3fnuz", "e2m1", "e3m4", "fp16"])
+def test_exact_rounding_matches_quantize(name):
+    fmt = fpsim.get_format(name)
+    vals = fpsim.all_values(fmt).astype(np.float64)
+    if vals.size > 600:
+        vals = vals[:: vals.size // 500]
+    mids = (vals[:-1] + vals[1:]) / 2
+    xs = np.concatenate([vals, mids, mids * (1 + 2**-20), [fmt.max * 1.03, fmt.max * 2]])
+    xs = np.concatenate([xs, -xs, [np.inf, -np.inf, 1e-30]]).astype(np.float32)
+    for mode in MODES:
+        want = np.asarray(fpsim.quantize(xs, fmt, mode))
+        codes = np.asarray(fpsim.encode(xs, fmt, mode))
+        for x, w, c in zip(xs.tolist(), want.tolist(), codes.tolist(), strict=True):
+            neg = bool(np.signbit(x))
+            num = Num(neg, abs(Fraction(x))) if np.isfinite(x) else Num(neg, "inf")
+            got = round_exact(num, fmt, mode)[0]
+            assert np.array_equal(_float(got), w, equal_nan=True), (x, mode)
+            assert code_of(got, fmt) == c, (x, mode)
+
+
+@pytest.mark.parametrize("name", ["e4m3", "e5m2fnuz", "e3m2", "e4m3_ieee"])
+def test_exact_decode_matches_decode(name):
+    fmt = fpsim.get_format(name)
+    codes = np.arange(1 << fmt.bits)
+    want = np.asarray(fpsim.decode(codes, fmt))
+    for c, w in zip(codes.tolist(), want.tolist(), strict=True):
+        got = decode_exact(c, fmt)
+        assert np.array_equal(_float(got), w, equal_nan=True)
+        assert np.signbit(_float(got)) == np.signbit(w) or np.isnan(w)
+        if got.mag != "nan":
+            assert code_of(got, fmt) == c
+
+
+def test_decimal_is_exact():
+    assert decimal(Fraction(2**-24)) == "5.9604644775390625e-8"
+    assert decimal(Fraction(-3, 8)) == "-0.375"
+    assert decimal(Fraction(65504)) == "65504"
+    assert decimal(Fraction(1, 3)).startswith("≈")

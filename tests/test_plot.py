@@ -1,0 +1,194 @@
+"""fpsim.plot draws the right data: points, band edges, bar heights, curves."""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import fpsim  # noqa: E402
+from fpsim import plot  # noqa: E402
+
+
+@pytest.fixture
+def ax():
+    fig = Figure()
+    yield fig.add_subplot()
+    fig.clear()
+
+
+def _gid(ax, gid):
+    return [a for a in ax.get_children() if a.get_gid() == gid]
+
+
+def _lines(ax, prefix):
+    return [ln for ln in ax.get_lines() if (ln.get_gid() or "").startswith(prefix)]
+
+
+def _span(patch):
+    """The x extent of an axvspan rectangle, in data coordinates."""
+    return [patch.get_x(), patch.get_x() + patch.get_width()]
+
+
+@pytest.mark.parametrize("name", ["e4m3", "e5m2", "e2m3", "e3m2", "e2m1", "e4m3fnuz"])
+def test_number_line_draws_every_finite_value(ax, name):
+    fmt = fpsim.get_format(name)
+    plot.number_line(fmt, ax=ax)
+    drawn = np.sort(np.concatenate([ln.get_xdata() for ln in _lines(ax, "values:")]))
+    np.testing.assert_array_equal(drawn, fpsim.all_values(fmt))
+    subnormals = _lines(ax, "values:subnormal")[0].get_xdata()
+    assert np.all(np.abs(subnormals) < fmt.min_normal) and np.all(subnormals != 0)
+    assert len(subnormals) == 2 * (2**fmt.mantissa_bits - 1)
+
+
+def test_number_line_band_edges(ax):
+    fmt = fpsim.E4M3
+    plot.number_line(fmt, ax=ax)
+    normal = sorted(_span(p) for p in _gid(ax, "band:normal"))
+    assert normal == [[-fmt.max, -fmt.min_normal], [fmt.min_normal, fmt.max]]
+    sub = sorted(_span(p) for p in _gid(ax, "band:subnormal"))
+    assert sub == [
+        [-fmt.min_normal, -fmt.min_subnormal],
+        [fmt.min_subnormal, fmt.min_normal],
+    ]
+    over = sorted(_span(p) for p in _gid(ax, "band:overflow"))
+    assert over[0][1] == -fmt.max and over[1][0] == fmt.max
+    data = plot.number_line_data(fmt)
+    assert (data.min_subnormal, data.min_normal, data.max) == (2**-9, 2**-6, 448.0)
+
+
+def test_number_line_refuses_wide_formats():
+    with pytest.raises(ValueError, match="at most 10"):
+        plot.number_line("fp16")
+
+
+def test_spacing_data_is_fpsim_ulp():
+    for name in ("fp32", "bf16", "fp16", "e4m3"):
+        fmt = fpsim.get_format(name)
+        d = plot.spacing_data(fmt)
+        assert d.x[0] == fmt.min_subnormal and d.x[-1] == fmt.max
+        np.testing.assert_array_equal(d.ulp, np.asarray(fpsim.ulp(d.x, fmt), np.float64))
+        normal = d.x >= fmt.min_normal
+        np.testing.assert_array_equal(d.relative_error[normal], fmt.unit_roundoff)
+        assert d.relative_error[0] == 0.5  # the smallest subnormal: half of itself
+
+
+def test_ulp_and_relative_error_plots_draw_the_data(ax):
+    plot.relative_error_plot(("fp16", "bf16"), ax=ax)
+    (line,) = _lines(ax, "relative_error:fp16")
+    d = plot.spacing_data("fp16")
+    np.testing.assert_array_equal(line.get_ydata(), d.relative_error)
+    fig = plot.spacing_figure(("fp32", "e5m2"))
+    top = fig.axes[0]
+    np.testing.assert_array_equal(
+        _lines(top, "ulp:e5m2")[0].get_ydata(), plot.spacing_data("e5m2").ulp
+    )
+
+
+def _grads():
+    rng = np.random.default_rng(1)
+    g = (np.exp2(rng.uniform(-40, 0, 5000)) * rng.choice([-1, 1], 5000)).astype(np.float32)
+    g[:50] = 0
+    g[50] = np.inf
+    g[51] = 1e5  # overflows fp16
+    return g
+
+
+def test_range_histogram_bars_and_bands(ax):
+    g = _grads()
+    fmt = fpsim.FP16
+    plot.range_histogram(g, fmt, ax=ax)
+    bars = ax.containers[0]
+    heights = np.array([b.get_height() for b in bars])
+    lefts = np.array([b.get_x() for b in bars])
+    hist = fpsim.log2_histogram(g, lo=int(lefts[0]), hi=int(lefts[-1]) + 1)
+    np.testing.assert_array_equal(heights, np.asarray(hist.counts))
+    assert heights.sum() == g.size - 50 - 1  # zeros and inf are not binned
+    edges = [_span(_gid(ax, f"band:{b}")[0]) for b in ("subnormal", "normal")]
+    assert edges[0] == [math.log2(fmt.min_subnormal), fmt.emin]
+    assert edges[1][0] == fmt.emin
+    assert edges[1][1] == pytest.approx(math.log2(fmt.max))
+
+
+def test_band_fractions_match_value_counts():
+    g = _grads()
+    fr = plot.band_fractions(g, "fp16")
+    c = fpsim.value_counts(g, "fp16")
+    assert fr.exact and fr.total == g.size
+    assert fr.underflow == int(c.underflow) / g.size
+    assert fr.overflow == 1 / g.size and fr.nonfinite == 1 / g.size
+    assert fr.zero == 50 / g.size
+    parts = fr.underflow + fr.subnormal + fr.normal + fr.overflow + fr.zero + fr.nonfinite
+    assert parts == pytest.approx(1.0)
+
+
+def test_range_histogram_from_a_histogram(ax):
+    g = _grads()
+    hist = fpsim.log2_histogram(g, lo=-45, hi=20)
+    plot.range_histogram(hist, "fp16", ax=ax)
+    heights = [b.get_height() for b in ax.containers[0]]
+    np.testing.assert_array_equal(heights, np.asarray(hist.counts))
+    fr = plot.band_fractions(hist, "fp16")
+    assert not fr.exact and fr.total == g.size
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert f"{100 * fr.subnormal:.1f}%" in texts
+
+
+def test_training_curves(ax):
+    runs = {"fp32": [3.0, 2.0, 1.0], "fp8": [3.0, np.nan, np.nan]}
+    plot.training_curves(runs, ax=ax, logy=True)
+    np.testing.assert_array_equal(_lines(ax, "run:fp32")[0].get_ydata(), runs["fp32"])
+    assert ax.get_yscale() == "log"
+    assert "diverged at step 1" in [t.get_text() for t in ax.get_legend().get_texts()][1]
+
+
+def test_loss_scale_plot_marks_skipped_steps(ax):
+    scale = [8.0, 8.0, 4.0, 4.0, 8.0]
+    plot.loss_scale_plot(scale, [False, True, False, False, False], ax=ax)
+    (skipped,) = _lines(ax, "skipped")
+    assert list(skipped.get_xdata()) == [1] and list(skipped.get_ydata()) == [8.0]
+    np.testing.assert_array_equal(_lines(ax, "loss_scale")[0].get_ydata(), scale)
+    plot.loss_scale_plot(scale, [1, 3], ax=ax)  # indices work too
+    assert list(_lines(ax, "skipped")[-1].get_xdata()) == [1, 3]
+
+
+def test_underflow_heatmap(ax):
+    data = {"dense_0": [0.0, 0.1, 0.5], "dense_1": [0.2, 0.3, 0.9]}
+    plot.underflow_heatmap(data, ax=ax)
+    np.testing.assert_array_equal(ax.images[0].get_array(), list(data.values()))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dense_0", "dense_1"]
+    with pytest.raises(ValueError, match="layer, step"):
+        plot.underflow_heatmap(np.zeros(3), ax=ax)
+
+
+def test_helpers_make_a_figure_when_ax_is_none():
+    ax = plot.number_line("e2m1")
+    assert ax.figure is not None
+    plt.close(ax.figure)
+
+
+def test_importing_fpsim_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, fpsim; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_figures_are_written_and_deterministic(tmp_path):
+    from fpsim import figures
+
+    names = ["numberline_e4m3.png", "loss_scale.png"]
+    first = figures.write_figures(tmp_path / "a", only=names)
+    second = figures.write_figures(tmp_path / "b", only=names)
+    assert [p.name for p in first] == names
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="unknown figure"):
+        figures.write_figures(tmp_path, only=["nope.png"])
