@@ -18,10 +18,9 @@ import importlib
 import importlib.util
 import math
 import sys
-from fractions import Fraction
 
 from fpsim.cli._explain import CliError, explain, explain_all, parse_value
-from fpsim.formats import FORMATS, Format, get_format
+from fpsim.formats import FORMATS, get_format
 
 _CONVENTION = {
     "ieee": "±inf, NaN (IEEE)",
@@ -168,4 +167,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["CliError", "Format", "Fraction", "build_parser", "formats_table", "main"]
+__all__ = ["CliError", "build_parser", "formats_table", "main"]
