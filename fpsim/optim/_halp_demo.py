@@ -55,13 +55,13 @@ def svrg_epoch(
     return params, opt_state
 
 
-def _least_squares_data(key, n, d):
-    """Like sklearn's make_regression(n, d) with every feature informative, no noise:
-    X ~ N(0, 1), coefficients ~ 100 * U(0, 1), y = X w."""
-    kx, kw = jax.random.split(key)
+def _least_squares_data(key, n, d, noise):
+    """Like sklearn's make_regression(n, d) with every feature informative:
+    X ~ N(0, 1), coefficients ~ 100 * U(0, 1), y = X w + noise * N(0, 1)."""
+    kx, kw, kn = jax.random.split(key, 3)
     x = np.asarray(jax.random.normal(kx, (n, d)), np.float64)
     w_true = 100.0 * np.asarray(jax.random.uniform(kw, (d,)), np.float64)
-    y = x @ w_true
+    y = x @ w_true + noise * np.asarray(jax.random.normal(kn, (n,)), np.float64)
     w_opt = np.linalg.lstsq(x, y, rcond=None)[0]
     return x.astype(np.float32), y.astype(np.float32), w_opt
 
@@ -77,6 +77,7 @@ def run_halp_least_squares(
     mu: float = 4.0,
     lp_scale: float | None = None,
     offset_fmt=None,
+    noise: float = 0.0,
     key: jax.Array | None = None,
 ) -> dict[str, np.ndarray]:
     """HALP vs SVRG vs low-precision SGD vs SGD on least squares; distance curves.
@@ -98,6 +99,8 @@ def run_halp_least_squares(
       mu: HALP's scale parameter.
       lp_scale: LP-SGD's lattice spacing.
       offset_fmt: a float format for HALP's offset instead of the fixed-point lattice.
+      noise: standard deviation of noise added to the targets (0, as in the reference
+        example; with noise, plain SGD also stalls at a noise floor).
       key: PRNG key (data, sampling and rounding); default ``jax.random.key(0)``.
 
     Returns:
@@ -108,7 +111,7 @@ def run_halp_least_squares(
     key = jax.random.key(0) if key is None else key
     epoch_length = 2 * n if epoch_length is None else epoch_length
     kdata, ksample, khalp, klp = jax.random.split(key, 4)
-    x, y, w_opt = _least_squares_data(kdata, n, d)
+    x, y, w_opt = _least_squares_data(kdata, n, d, noise)
     x, y = jnp.asarray(x), jnp.asarray(y)
     if lp_scale is None:
         lp_scale = float(np.max(np.abs(w_opt))) * 1.25 / (2 ** (bits - 1) - 1)
