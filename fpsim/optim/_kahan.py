@@ -72,7 +72,9 @@ def kahan_params(fmt: FormatLike) -> optax.GradientTransformation:
             p = jnp.asarray(p, jnp.float32)
             y = q(add_round_to_odd(u, -c))
             s = q(add_round_to_odd(p, y))
-            c_new = q(add_round_to_odd(s - p, -y))  # s - p is exact (Sterbenz) here
+            c_new = q(
+                add_round_to_odd(s - p, -y)
+            )  # s - p: exact in float32 for nearby s, p
             return s - p, c_new
 
         pairs = jax.tree.map(one, updates, state.compensation, params)

@@ -267,8 +267,17 @@ def quantize_params(
             target = jax.tree.map(_common.add_round_to_odd, p32, updates)
         q, key_data = _round_tree(target, fmt, rounding, state.key, saturate, True)
         new_updates = jax.tree.map(lambda a, b: a - b, q, p32)
+
+        def misses(p, u, a):  # bit compares: XLA CPU float compares flush subnormals
+            got, want = _common.abs_bits(p + u), _common.abs_bits(a)
+            same = jax.lax.bitcast_convert_type(p + u, jnp.uint32) == (
+                jax.lax.bitcast_convert_type(a, jnp.uint32)
+            )
+            ok = same | ((got == 0) & (want == 0)) | jnp.isnan(a)
+            return jnp.sum(~ok).astype(jnp.int32)
+
         inexact = sum(
-            jnp.sum(~((p + u == a) | jnp.isnan(a))).astype(jnp.int32)
+            misses(p, u, a)
             for p, u, a in zip(
                 jax.tree.leaves(p32),
                 jax.tree.leaves(new_updates),
