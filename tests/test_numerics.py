@@ -1,0 +1,165 @@
+"""quantizer / fake_quant, lp_sum, lp_dot, lp_matmul against exact references."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _numerics_ref import grid_values, ordered_sum, rnd
+
+import fpsim
+
+ORDERS = ["sequential", "pairwise", "chunked", "kahan"]
+ACCUMS = [fpsim.FP16, fpsim.BF16, fpsim.E5M2, fpsim.E4M3]
+
+
+def f32(x) -> float:
+    return float(np.float32(x))
+
+
+# --- quantizer -----------------------------------------------------------------------
+def test_quantizer_forward_and_backward_formats():
+    q = fpsim.quantizer("e4m3", "e5m2")
+    x = jnp.array([1.1, -3.3, 500.0], jnp.float32)
+    g = jnp.array([0.3, 1e-7, 70000.0], jnp.float32)
+    y, vjp = jax.vjp(q, x)
+    want_y = np.asarray(x).astype(jnp.dtype("float8_e4m3fn")).astype(np.float32)
+    want_g = np.asarray(g).astype(jnp.dtype("float8_e5m2")).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(y), want_y)
+    np.testing.assert_array_equal(np.asarray(vjp(g)[0]), want_g)
+
+
+def test_quantizer_none_is_identity_and_straight_through():
+    x = jnp.array([1.1, 2.7], jnp.float32)
+    assert jnp.array_equal(fpsim.quantizer(None)(x), x)
+    grad = jax.grad(lambda v: jnp.sum(fpsim.fake_quant(v, "fp16") * 3.0))(x)
+    np.testing.assert_array_equal(np.asarray(grad), [3.0, 3.0])  # bwd None: unchanged
+
+
+def test_quantizer_stochastic_keys():
+    q = fpsim.quantizer("fp16", "e5m2", bwd_rounding="stochastic")
+    with pytest.raises(ValueError, match="key"):
+        q(jnp.ones(3))
+    g = jnp.full(4096, 1.1, jnp.float32)  # between e5m2 neighbours 1.0 and 1.25
+
+    def back(key):
+        return jax.vjp(lambda v: q(v, key), jnp.ones(4096))[1](g)[0]
+
+    b0, b1 = jax.jit(back)(jax.random.key(0)), jax.jit(back)(jax.random.key(1))
+    assert set(np.unique(np.asarray(b0))) <= {1.0, 1.25}
+    assert not jnp.array_equal(b0, b1)  # different keys, different rounding
+    assert abs(float(jnp.mean(b0)) - 1.1) < 0.01  # unbiased
+    assert jnp.array_equal(jax.jit(back)(jax.random.key(0)), b0)  # reproducible
+
+
+# --- lp_sum ----------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ACCUMS, ids=lambda f: f.name)
+@pytest.mark.parametrize("order", ORDERS)
+def test_lp_sum_matches_exact_reference(fmt, order):
+    scale = np.float32(64 if fmt.emax > 8 else 4)
+    x = grid_values(fmt, 3 * 23, seed=len(order), min_abs=2.0**-90).reshape(3, 23) / scale
+    x = np.asarray(fpsim.quantize(x, fmt))
+    got = fpsim.lp_sum(x, accum=fmt, order=order, chunk=4)  # three rows of 23 terms
+    for row, g in zip(x, np.asarray(got), strict=True):
+        want = ordered_sum([Fraction(float(v)) for v in row], fmt, order, chunk=4)
+        assert float(g) == float(want), row.tolist()
+
+
+def test_lp_sum_axis_and_jit():
+    x = jax.random.normal(jax.random.key(0), (5, 7, 9))
+    got = jax.jit(
+        lambda v: fpsim.lp_sum(v, axis=1, accum="fp16", order="chunked", chunk=3)
+    )(x)
+    assert got.shape == (5, 9)
+    xq = np.asarray(fpsim.quantize(x, "fp16"))
+    want = float(
+        ordered_sum([Fraction(float(v)) for v in xq[2, :, 4]], fpsim.FP16, "chunked", 3)
+    )
+    assert float(got[2, 4]) == want
+
+
+def test_fp16_accumulator_stops_at_2048():
+    ones = jnp.ones(5000)
+    assert float(fpsim.lp_sum(ones, accum="fp16")) == 2048.0
+    assert float(fpsim.lp_sum(ones, accum="fp16", order="kahan")) == 5000.0
+    assert float(fpsim.lp_sum(ones, accum="fp16", order="chunked", chunk=64)) == 5000.0
+    assert float(fpsim.lp_sum(ones, accum="fp16", order="pairwise")) == 5000.0
+    assert float(fpsim.lp_sum(ones, accum="fp32")) == 5000.0
+    sr = fpsim.lp_sum(ones, accum="fp16", rounding="stochastic", key=jax.random.key(3))
+    assert 4500.0 < float(sr) < 5500.0  # stochastic rounding keeps growing on average
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="valid"):
+        fpsim.lp_sum(jnp.ones(3), order="random")
+    with pytest.raises(ValueError, match="native"):
+        fpsim.lp_sum(jnp.ones(3), accum="fp16", order="native")
+    with pytest.raises(ValueError, match="chunk"):
+        fpsim.lp_sum(jnp.ones(3), order="chunked", chunk=0)
+    with pytest.raises(ValueError, match="key"):
+        fpsim.lp_sum(jnp.ones(3), rounding="stochastic")
+    with pytest.raises(ValueError, match="shape"):
+        fpsim.lp_dot(jnp.ones(3), jnp.ones(4))
+    with pytest.raises(ValueError, match="lp_matmul"):
+        fpsim.lp_matmul(jnp.ones(3), jnp.ones((3, 2)))
+
+
+# --- lp_dot / lp_matmul -------------------------------------------------------------
+def _ref_dot(a, b, inputs, products, accum, order, chunk):
+    a = [rnd(Fraction(f32(v)), inputs) for v in a]
+    b = [rnd(Fraction(f32(v)), inputs) for v in b]
+    terms = [Fraction(x) * Fraction(y) for x, y in zip(a, b, strict=True)]
+    if products is not None:
+        terms = [Fraction(rnd(t, products)) for t in terms]
+    return float(ordered_sum(terms, accum, order, chunk))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(
+    "inputs,products,accum",
+    [(fpsim.FP16, None, fpsim.FP16), (fpsim.E4M3, fpsim.FP16, fpsim.FP16),
+     (fpsim.BF16, None, fpsim.BF16), (fpsim.E5M2, None, fpsim.E5M2),
+     (fpsim.FP16, None, fpsim.BF16)],
+    ids=["fp16", "e4m3-fp16prod", "bf16", "e5m2", "fp16-bf16acc"],
+)  # fmt: skip
+def test_lp_dot_matches_exact_reference(order, inputs, products, accum):
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((3, 19)).astype(np.float32) * 3
+    b = rng.standard_normal((3, 19)).astype(np.float32) * 3
+    got = fpsim.lp_dot(a, b, inputs=inputs, products=products, accum=accum, order=order,
+                       chunk=4)  # fmt: skip
+    for i in range(3):
+        assert float(got[i]) == _ref_dot(a[i], b[i], inputs, products, accum, order, 4)
+
+
+def test_lp_matmul_batched_and_native():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 3, 10)).astype(np.float32)
+    b = rng.standard_normal((10, 4)).astype(np.float32)
+    got = fpsim.lp_matmul(a, b, inputs="fp16", accum="fp16", order="chunked", chunk=4)
+    for i, j, k in [(0, 0, 0), (1, 2, 3), (1, 1, 2)]:
+        want = _ref_dot(a[i, j], b[:, k], fpsim.FP16, None, fpsim.FP16, "chunked", 4)
+        assert float(got[i, j, k]) == want
+    # with an FP32 accumulator the default is XLA's dot on the rounded inputs
+    native = fpsim.lp_matmul(a, b, inputs="fp16", output="fp16")
+    aq, bq = fpsim.quantize(a, "fp16"), fpsim.quantize(b, "fp16")
+    ref = np.einsum("bik,kj->bij", np.float64(aq), np.float64(bq))
+    np.testing.assert_allclose(np.asarray(native), ref, rtol=2**-10)
+    bb = rng.standard_normal((2, 10, 4)).astype(np.float32)
+    assert fpsim.lp_matmul(a, bb, accum="fp16").shape == (2, 3, 4)
+
+
+def test_long_fp16_dot_swamps_and_chunking_repairs():
+    n = 8192
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.5, 1.5, n), jnp.float32)
+    exact = float(np.dot(np.float64(fpsim.quantize(x, "fp16")), np.ones(n)))
+    ones = jnp.ones(n)
+    seq = float(fpsim.lp_dot(x, ones, inputs="fp16", accum="fp16"))
+    chunked = float(fpsim.lp_dot(x, ones, inputs="fp16", accum="fp16", order="chunked"))
+    kahan = float(fpsim.lp_dot(x, ones, inputs="fp16", accum="fp16", order="kahan"))
+    assert abs(seq - exact) / exact > 0.3  # stuck near 2048..4096
+    assert abs(chunked - exact) / exact < 2e-3
+    assert abs(kahan - exact) / exact < 1e-3
