@@ -14,7 +14,6 @@ Full mode by hand (what a learner runs): jupytext --to ipynb lessons/*.md, then 
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
