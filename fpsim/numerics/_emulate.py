@@ -29,6 +29,7 @@ from fpsim.numerics._accumulate import lp_sum
 from fpsim.numerics._arith import is_float32_format, round_to
 from fpsim.numerics._dot import lp_dot_general
 from fpsim.numerics._policy import EmulationPolicy, EmulationReport
+from fpsim.rounding import FormatLike
 
 #: Primitives that only move, select or negate values: their results are already on
 #: the grid of their operands, so there is nothing to round.
@@ -313,12 +314,13 @@ class Emulated:
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
 
 
-def emulate(fn, policy: EmulationPolicy | None = None, **policy_kwargs) -> Emulated:
+def emulate(fn, policy: EmulationPolicy | FormatLike | None = None, **policy_kwargs):
     """Run ``fn`` with the result of every floating-point primitive rounded.
 
     Args:
       fn: any JAX-traceable function (a loss, ``jax.grad(loss)``, a Flax ``apply``).
-      policy: an :class:`EmulationPolicy`; or give its fields as keywords:
+      policy: an :class:`EmulationPolicy`, or just a compute format (``"fp16"``);
+        or give the policy's fields as keywords:
         ``emulate(fn, compute="bf16", overrides={"exp": None})``.
 
     Returns:
@@ -343,6 +345,8 @@ def emulate(fn, policy: EmulationPolicy | None = None, **policy_kwargs) -> Emula
         policy = EmulationPolicy(**policy_kwargs)
     elif policy_kwargs:
         raise TypeError("give either a policy or its fields as keywords, not both")
+    elif isinstance(policy, str | Format):
+        policy = EmulationPolicy(compute=get_format(policy))
     if not isinstance(policy, EmulationPolicy):
         raise TypeError(
             f"policy must be an fpsim.EmulationPolicy, got {type(policy).__name__}"
