@@ -92,7 +92,11 @@ def ref_round(x: float, fmt: fpsim.Format, mode: str = "nearest") -> float:
             up = sign < 0
     val = (n + up) * quantum
     if val > Fraction(fmt.max):
-        away = mode == "nearest" or (mode == "up" and sign > 0) or (mode == "down" and sign < 0)
+        away = (
+            mode == "nearest"
+            or (mode == "up" and sign > 0)
+            or (mode == "down" and sign < 0)
+        )
         if not away or fmt.convention == "none":
             return sign * fmt.max
         return sign * math.inf if fmt.has_inf else math.nan

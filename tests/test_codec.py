@@ -3,7 +3,14 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ML_FORMATS, assert_bits_equal, from_bits, ml_round, neighbour_points, np_dtype
+from conftest import (
+    ML_FORMATS,
+    assert_bits_equal,
+    from_bits,
+    ml_round,
+    neighbour_points,
+    np_dtype,
+)
 
 import fpsim
 

@@ -21,7 +21,10 @@ def test_all_float32_inputs(fmt):
         x = bits.view(np.float32)
         got = np.asarray(fpsim.quantize(x, fmt))
         want = ml_round(x, fmt)
-        same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+        same = (got.view(np.uint32) == want.view(np.uint32)) | (
+            np.isnan(got) & np.isnan(want)
+        )
         mismatches += int((~same).sum())
-    print(f"\n{fmt.name}: {mismatches} mismatches in 2^32 inputs, {time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    print(f"\n{fmt.name}: {mismatches} mismatches in 2^32 inputs, {seconds:.0f} s")
     assert mismatches == 0

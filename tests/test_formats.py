@@ -83,8 +83,10 @@ def test_custom_e5m6():
 def test_num_values_counts_non_nan_codes():
     for fmt in [f for f in fpsim.FORMATS if f.bits <= 16]:
         codes = np.arange(1 << fmt.bits, dtype=np.uint32)
-        assert fmt.num_values == int(np.isfinite(np.asarray(fpsim.decode(codes, fmt))).sum()
-                                     + np.isinf(np.asarray(fpsim.decode(codes, fmt))).sum())
+        assert fmt.num_values == int(
+            np.isfinite(np.asarray(fpsim.decode(codes, fmt))).sum()
+            + np.isinf(np.asarray(fpsim.decode(codes, fmt))).sum()
+        )
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,9 @@ def test_grad_is_straight_through():
         lambda x: jnp.sum(fpsim.quantize(x, "fp16", "stochastic", key=jax.random.key(0)))
     )(jnp.ones(4))
     assert np.asarray(g_sr).tolist() == [1.0] * 4
-    jvp = jax.jvp(lambda x: fpsim.quantize(x, "bf16"), (jnp.float32(1.001),), (jnp.float32(2),))
+    jvp = jax.jvp(
+        lambda x: fpsim.quantize(x, "bf16"), (jnp.float32(1.001),), (jnp.float32(2),)
+    )
     assert float(jvp[1]) == 2.0
 
 
@@ -108,5 +110,7 @@ def test_bad_inputs_raise_clearly(bad, err):
 
 
 def test_unknown_rounding_mode_lists_choices():
-    with pytest.raises(ValueError, match="unknown rounding mode 'nearest_even'.*toward_zero"):
+    with pytest.raises(
+        ValueError, match="unknown rounding mode 'nearest_even'.*toward_zero"
+    ):
         fpsim.quantize(1.0, "fp16", "nearest_even")

@@ -92,7 +92,9 @@ class TestStochastic:
         with pytest.raises(TypeError, match="JAX random key"):
             fpsim.quantize(1.0, fpsim.FP16, "stochastic", key=3)
 
-    @pytest.mark.parametrize("fmt", [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E2M1], ids=str)
+    @pytest.mark.parametrize(
+        "fmt", [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E2M1], ids=str
+    )
     def test_result_is_a_neighbour_with_the_right_frequency(self, fmt, rng):
         n = 20000
         vals = _finite_samples(fmt, rng, 16)
@@ -137,7 +139,9 @@ class TestStochastic:
             freq = float(jnp.mean(got > 1))
             assert abs(freq - p) < 5 * np.sqrt(p * (1 - p) / x.size)
         with pytest.raises(ValueError, match="random_bits"):
-            fpsim.quantize(x, fpsim.FP16, "stochastic", key=jax.random.key(1), random_bits=0)
+            fpsim.quantize(
+                x, fpsim.FP16, "stochastic", key=jax.random.key(1), random_bits=0
+            )
 
     def test_overflow_and_specials(self):
         x = jnp.float32([70000.0, np.inf, np.nan, -0.0])
