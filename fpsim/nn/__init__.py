@@ -1,0 +1,38 @@
+"""Flax integration: run an unmodified Linen or NNX model under a precision policy.
+
+* :class:`Policy` and the presets (:func:`get_policy`): formats for weights, layer
+  inputs and outputs, activation gradients and weight gradients; per-module overrides;
+  FP8 delayed scaling (:class:`DelayedScaling`); layer-wise adaptive loss scaling
+  (:class:`AdaptiveLossScaling`).
+* :func:`apply` (forward) and :func:`value_and_grad` (with per-layer statistics of
+  activations and activation gradients, as float32 had them and as the simulated pass
+  holds them); :func:`instrument` prepares an NNX model; Linen needs nothing.
+* :func:`make_train_step` and :func:`train`: a jitted training step with loss,
+  accuracy and gradient statistics, for demos and lessons.
+"""
+
+from fpsim.nn._apply import Report as Report
+from fpsim.nn._apply import apply as apply
+from fpsim.nn._apply import discover as discover
+from fpsim.nn._apply import init_state as init_state
+from fpsim.nn._apply import underflow_fraction as underflow_fraction
+from fpsim.nn._apply import value_and_grad as value_and_grad
+from fpsim.nn._context import LAYER_NAMES as LAYER_NAMES
+from fpsim.nn._dot_general import quantized_dot_general as quantized_dot_general
+from fpsim.nn._nnx import instrument as instrument
+from fpsim.nn._policy import PRESET_NAMES as PRESET_NAMES
+from fpsim.nn._policy import PRESETS as PRESETS
+from fpsim.nn._policy import AdaptiveLossScaling as AdaptiveLossScaling
+from fpsim.nn._policy import DelayedScaling as DelayedScaling
+from fpsim.nn._policy import Policy as Policy
+from fpsim.nn._policy import get_policy as get_policy
+from fpsim.nn._scaling import ScaleState as ScaleState
+from fpsim.nn._stats import LayerStats as LayerStats
+from fpsim.nn._stats import TensorStats as TensorStats
+
+__all__ = [
+    "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "AdaptiveLossScaling", "DelayedScaling",
+    "LayerStats", "Policy", "Report", "ScaleState", "TensorStats", "apply", "discover",
+    "get_policy", "init_state", "instrument", "quantized_dot_general",
+    "underflow_fraction", "value_and_grad",
+]  # fmt: skip

@@ -1,0 +1,225 @@
+"""The trace-time context that applies a policy at every intercepted layer call.
+
+Linen (through ``nn.intercept_methods``) and NNX (through :func:`fpsim.nn.instrument`)
+both end up in :meth:`Run.layer` with the layer's path, class and call. A ``Run`` lives
+only while a function is being traced; everything it returns (statistics, updated scale
+states) leaves the traced function as ordinary outputs, so nothing is stateful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fpsim.formats import FP32
+from fpsim.nn._boundary import CastCfg, OutAux, cast_in, cast_out
+from fpsim.nn._policy import Policy
+from fpsim.nn._scaling import delayed_scale, push_amax
+from fpsim.nn._stats import tensor_stats
+
+#: Class names of the leaf layers intercepted by default (Linen and NNX).
+LAYER_NAMES: tuple[str, ...] = (
+    "Dense", "DenseGeneral", "Conv", "ConvTranspose", "ConvLocal", "Embed", "LayerNorm",
+    "RMSNorm", "GroupNorm", "BatchNorm", "Einsum", "Linear", "LinearGeneral",
+)  # fmt: skip
+
+
+class Site(NamedTuple):
+    """A layer call found while tracing: its key, path, class and resolved policy."""
+
+    key: str
+    path: str
+    cls: str
+    policy: Policy
+    n_inputs: int  # floating-point positional inputs
+    out_shapes: tuple  # ShapeDtypeStructs of the floating-point outputs
+
+
+def is_float(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+
+
+def in_cfg(pol: Policy, param: bool = False) -> CastCfg:
+    return CastCfg(
+        fwd=pol.param if param else pol.compute,
+        bwd=pol.param_grad if param else pol.output,
+        rounding=pol.rounding,
+        grad_rounding=pol.grad_rounding,
+        saturate=pol.saturate,
+    )
+
+
+def out_cfg(pol: Policy) -> CastCfg:
+    return CastCfg(
+        fwd=pol.output,
+        bwd=pol.grad,
+        rounding=pol.rounding,
+        grad_rounding=pol.grad_rounding,
+        saturate=pol.saturate,
+        scaling=pol.scaling if pol.grad is not None else None,
+        adaptive=pol.adaptive,
+    )
+
+
+def is_active(pol: Policy, watch: bool) -> bool:
+    return watch or not pol.is_float32 or pol.adaptive is not None
+
+
+class Run:
+    """One traced application of a policy.
+
+    Args:
+      policy: the policy.
+      discover: only record the layer calls (``jax.eval_shape`` pass).
+      diff: per layer key, the :class:`OutAux` inputs that are differentiated.
+      states: the delayed-scaling state (``{"inputs": {key: (ScaleState, ...)},
+        "params": {path: ScaleState}, "grads": {...}}``) or None.
+      watch: record forward statistics.
+      key: PRNG key for stochastic rounding, or None.
+      layers: class names of the layers to intercept.
+    """
+
+    def __init__(self, policy, *, discover=False, diff=None, states=None, watch=False,
+                 key=None, layers=LAYER_NAMES):  # fmt: skip
+        self.policy = policy
+        self.discover = discover
+        self.diff = diff or {}
+        self.states = states or {}
+        self.watch = watch
+        self.key = key
+        self.layers = tuple(layers)
+        self.sites: dict[str, Site] = {}
+        self.calls: dict[str, int] = {}
+        self.records: dict[str, dict] = {}
+        self.new_states: dict[str, Any] = {"inputs": {}, "params": {}}
+        self._n = 0
+
+    # ----------------------------------------------------------------------------------
+    def selects(self, module) -> bool:
+        return any(c.__name__ in self.layers for c in type(module).__mro__)
+
+    def _site_key(self):
+        if self.key is None:
+            return None
+        self._n += 1
+        return jax.random.fold_in(self.key, self._n)
+
+    def layer(self, path: str, cls: str, call, args, kwargs):
+        """Apply the policy around one layer call ``call(*args, **kwargs)``."""
+        n = self.calls.get(path, 0)
+        self.calls[path] = n + 1
+        key = (path or cls) if n == 0 else f"{path or cls}#{n}"
+        pol = self.policy.for_module(path, cls)
+        if self.discover:
+            out = call(*args, **kwargs)
+            outs = tuple(o for o in jax.tree.leaves(out) if is_float(o))
+            shapes = tuple(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs)
+            n_in = sum(is_float(a) for a in jax.tree.leaves(args))
+            self.sites[key] = Site(key, path, cls, pol, n_in, shapes)
+            return out
+        if not is_active(pol, self.watch):
+            return call(*args, **kwargs)
+        rec = {}
+        args, tokens = self._inputs(key, pol, args, rec)
+        out = call(*args, **kwargs)
+        leaves, tree = jax.tree.flatten(out)
+        first = True
+        for i, y in enumerate(leaves):
+            if not is_float(y):
+                continue
+            aux = self.diff.get(key, OutAux(None, None, None, None)) if first else None
+            if aux is None:
+                aux = OutAux(None, None, None, None)
+            if pol.adaptive is not None and not first:
+                raise ValueError(
+                    f"adaptive loss scaling needs layers with one floating-point output; "
+                    f"{key!r} ({cls}) has several"
+                )
+            aux = aux._replace(tokens=tokens if first else None)
+            yq = cast_out(out_cfg(pol), y, aux, self._site_key())
+            if first and self.watch:
+                rec["outputs"] = tensor_stats(y, yq, pol.output)
+            leaves[i] = yq
+            first = False
+        if self.watch:
+            self.records[key] = rec
+        return jax.tree.unflatten(tree, leaves)
+
+    def _inputs(self, key, pol, args, rec):
+        leaves, tree = jax.tree.flatten(args)
+        cfg = in_cfg(pol)
+        tokens = []
+        states = self.states.get("inputs", {}).get(key)
+        new_states = []
+        j = 0
+        for i, x in enumerate(leaves):
+            if not is_float(x):
+                continue
+            scale = None
+            if pol.scaling is not None and cfg.fwd is not None and states is not None:
+                scale = delayed_scale(states[j], cfg.fwd, pol.scaling)
+                new_states.append(push_amax(states[j], x, scale))
+            token = jnp.zeros((), jnp.float32) if pol.adaptive is not None else None
+            xq, t = cast_in(cfg, x, scale, token, self._site_key())
+            if t is not None:
+                tokens.append(t)
+            if j == 0 and self.watch:
+                rec["inputs"] = tensor_stats(x, xq, cfg.fwd, scale)
+            leaves[i] = xq
+            j += 1
+        if new_states:
+            self.new_states["inputs"][key] = tuple(new_states)
+        return jax.tree.unflatten(tree, leaves), (tuple(tokens) if tokens else None)
+
+    # ----------------------------------------------------------------------------------
+    def cast_param(self, path: str, name: str, owner_cls: str, owner: str, p):
+        """The weight ``p`` as the layer sees it (a cast of the stored weight)."""
+        pol = self.policy.for_module(owner, owner_cls)
+        if not is_float(p) or (pol.param_names is not None and name not in pol.param_names):
+            pol = Policy(name="float32")
+        cfg = in_cfg(pol, param=True)
+        if cfg.fwd is None and cfg.bwd is None:
+            return p
+        scale = None
+        state = self.states.get("params", {}).get(path)
+        if pol.scaling is not None and cfg.fwd is not None and state is not None:
+            scale = delayed_scale(state, cfg.fwd, pol.scaling)
+            self.new_states["params"][path] = push_amax(state, p, scale)
+        return cast_in(cfg, p, scale, None, self._site_key())[0]
+
+
+_STACK = threading.local()
+
+
+def current() -> Run | None:
+    """The innermost active Run, or None."""
+    stack = getattr(_STACK, "runs", None)
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def activate(run: Run):
+    """Make ``run`` receive the intercepted layer calls (Linen and NNX)."""
+    from fpsim.nn._linen import interceptor
+
+    import flax.linen as nn
+
+    stack = getattr(_STACK, "runs", None)
+    if stack is None:
+        stack = _STACK.runs = []
+    stack.append(run)
+    try:
+        with nn.intercept_methods(interceptor):
+            yield run
+    finally:
+        stack.pop()
+
+
+def stats_format(fmt):
+    """The format a statistic is taken against (float32 when the tensor is not rounded)."""
+    return FP32 if fmt is None else fmt
