@@ -450,7 +450,11 @@ def data_parallel_grads(
     opts = dict(order=order, rounding=rounding, divide=divide, wire_format=wire_format)
 
     def per_device(params, batch, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        # params arrive replicated (device-invariant); the gradient of an invariant
+        # input would come back already psum-ed in float32 by shard_map's autodiff.
+        # Marking them varying keeps each device's gradient local, for lp_all_reduce.
+        local = lax.pcast(params, axis_name, to="varying")
+        loss, grads = jax.value_and_grad(loss_fn)(local, batch)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         reduced = [
             lp_all_reduce(
