@@ -74,7 +74,7 @@ from typing import Literal, get_args
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fpsim.formats import Format, get_format
@@ -345,7 +345,7 @@ def lp_all_reduce(
     Example:
       >>> import jax, fpsim.comm as comm
       >>> from jax.sharding import PartitionSpec as P
-      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
       >>> f = jax.shard_map(lambda g: comm.lp_all_reduce(g, "data", "bf16", mean=True),
       ...                   mesh=mesh, in_specs=P("data"), out_specs=P())
       >>> f(jax.numpy.ones((1, 3)) / 3).tolist()
@@ -493,6 +493,10 @@ def data_parallel_grads(
                     f"the batch's leading axis ({leaf.shape[0]}) must divide evenly over "
                     f"the {n} devices of mesh axis {axis_name!r}"
                 )
+        # place the inputs as the shard_map expects (needed for meshes with Explicit
+        # axes, such as jax.make_mesh's default; a no-op when they already are)
+        params = jax.device_put(params, NamedSharding(mesh, P()))
+        batch = jax.device_put(batch, NamedSharding(mesh, P(axis_name)))
         if rounding == "stochastic":
             if key is None:
                 raise ValueError("rounding='stochastic' needs step_grads(..., key=...)")

@@ -72,6 +72,24 @@ def mlp_loss(params, batch):
     return jnp.mean((out - batch["y"]) ** 2)
 
 
+def policy_problem():
+    """A Linen MLP run under fpsim.nn's "fp16_mixed" policy: (loss_fn, params, batch)."""
+    import flax.linen as nn
+
+    import fpsim.nn
+
+    model = nn.Sequential([nn.Dense(8), nn.tanh, nn.Dense(1)])
+    _, batch = mlp_problem()
+    params = model.init(jax.random.key(0), batch["x"][:1])["params"]
+
+    def loss_fn(params, batch):
+        out = fpsim.nn.apply(lambda p, x: model.apply({"params": p}, x), "fp16_mixed",
+                             params, batch["x"])  # fmt: skip
+        return jnp.mean((out - batch["y"]) ** 2)
+
+    return loss_fn, params, batch
+
+
 def main(path: str) -> None:
     devices = jax.devices()
     assert len(devices) == 4, devices
@@ -120,6 +138,12 @@ def main(path: str) -> None:
         results[f"dp_params_{k}"] = np.asarray(v)
     for k, v in grads.items():
         results[f"dp_grads_{k}"] = np.asarray(v)
+
+    # the same under a precision policy of fpsim.nn, reduced in BF16 (tree order)
+    loss_fn, params, batch = policy_problem()
+    _, grads = data_parallel_grads(loss_fn, mesh, "bf16", order="tree")(params, batch)
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(grads)):
+        results[f"policy_grads_{i}"] = np.asarray(leaf)
     np.savez(path, **results)
 
 

@@ -316,3 +316,15 @@ def test_data_parallel_sgd_step_matches_single_device(multi):
         assert_bits_equal(multi[f"dp_params_{name}"], want)
     losses = [float(child.mlp_loss(params, shard(d))) for d in range(n)]
     np.testing.assert_allclose(float(multi["dp_loss"]), np.mean(losses), rtol=1e-6)
+
+
+def test_data_parallel_under_fpsim_nn_policy(multi):
+    """A Linen MLP under fpsim.nn's fp16_mixed policy: 4 devices == one, shard by shard."""
+    loss_fn, params, batch = child.policy_problem()
+    grad = jax.jit(jax.grad(loss_fn))
+    shards = [grad(params, {k: v[d * 4 : (d + 1) * 4] for k, v in batch.items()})
+              for d in range(4)]  # fmt: skip
+    per_leaf = zip(*(jax.tree_util.tree_leaves(s) for s in shards), strict=True)
+    for i, leaves in enumerate(per_leaf):
+        want = ref_reduce(np.stack(leaves), "bf16", "tree", mean=True)
+        assert_bits_equal(multi[f"policy_grads_{i}"], want)
