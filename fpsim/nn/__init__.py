@@ -29,10 +29,16 @@ from fpsim.nn._policy import get_policy as get_policy
 from fpsim.nn._scaling import ScaleState as ScaleState
 from fpsim.nn._stats import LayerStats as LayerStats
 from fpsim.nn._stats import TensorStats as TensorStats
+from fpsim.nn._train import TrainState as TrainState
+from fpsim.nn._train import TrainStep as TrainStep
+from fpsim.nn._train import cross_entropy as cross_entropy
+from fpsim.nn._train import make_train_step as make_train_step
+from fpsim.nn._train import train as train
 
 __all__ = [
     "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "AdaptiveLossScaling", "DelayedScaling",
-    "LayerStats", "Policy", "Report", "ScaleState", "TensorStats", "apply", "discover",
-    "get_policy", "init_state", "instrument", "quantized_dot_general",
+    "LayerStats", "Policy", "Report", "ScaleState", "TensorStats", "TrainState",
+    "TrainStep", "apply", "cross_entropy", "discover", "get_policy", "init_state",
+    "instrument", "make_train_step", "quantized_dot_general", "train",
     "underflow_fraction", "value_and_grad",
 ]  # fmt: skip

@@ -1,0 +1,235 @@
+"""A ready-made jitted training step for classifiers, for demos and lessons.
+
+:func:`make_train_step` wires a Linen or NNX model, a :class:`~fpsim.nn.Policy` and an
+optax optimizer into ``step(state, batch) -> (state, metrics)``; :func:`train` runs it
+over a data set and returns the history. Loss scaling is the optimizer's business
+(``fpsim.optim.dynamic_loss_scaling`` & co.): pass ``loss_scale=`` a function that reads
+the current scale from the optimizer state (``fpsim.optim.current_loss_scale``), and the
+step multiplies the loss by it before differentiating.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fpsim.nn._apply import init_state, param_paths, underflow_fraction, value_and_grad
+from fpsim.nn._context import LAYER_NAMES
+from fpsim.nn._policy import Policy, as_policy
+from fpsim.rounding import quantize
+
+
+class TrainState(NamedTuple):
+    """Everything a step carries: parameters, optimizer and policy state, a counter."""
+
+    params: Any
+    opt_state: Any
+    policy_state: Any
+    step: jax.Array
+    key: jax.Array
+
+
+class TrainStep(NamedTuple):
+    """``init(key, x) -> TrainState``; ``step(state, (x, y)) -> (state, metrics)`` (jitted);
+    ``apply_fn(params, x) -> logits``, the plain model call (use it with
+    :func:`fpsim.nn.apply` to evaluate under the policy)."""
+
+    init: Callable
+    step: Callable
+    apply_fn: Callable
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross entropy with integer labels, in float32."""
+    logits = jnp.asarray(logits, jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _model_fns(model, layers):
+    """(init_params(key, x), apply(params, x)) for a Linen or an NNX model."""
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        nnx = None
+    if nnx is not None and isinstance(model, nnx.Module):
+        from fpsim.nn._nnx import instrument
+
+        graphdef, params, rest = nnx.split(instrument(model, layers=layers), nnx.Param, ...)
+
+        def apply_fn(p, x):
+            return nnx.merge(graphdef, p, rest)(x)
+
+        return (lambda key, x: params), apply_fn
+    if not hasattr(model, "init") or not hasattr(model, "apply"):
+        raise TypeError(f"expected a flax.linen.Module or nnx.Module, got {type(model)}")
+
+    def apply_fn(p, x):
+        return model.apply({"params": p}, x)
+
+    return (lambda key, x: model.init(key, x)["params"]), apply_fn
+
+
+def store(params, policy: Policy, classes=None):
+    """Round each weight to its storage format (pure low precision; identity if None)."""
+    flat, tree = jax.tree_util.tree_flatten(params)
+    out = []
+    for (_, owner, _, leaf), _ in zip(param_paths(params), flat, strict=True):
+        fmt = policy.for_module(owner, (classes or {}).get(owner, "")).storage
+        out.append(leaf if fmt is None else quantize(leaf, fmt).astype(leaf.dtype))
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
+def make_train_step(
+    model,
+    policy: Policy | str,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss_fn: Callable = cross_entropy,
+    loss_scale: Callable | float | None = None,
+    watch: bool = True,
+    layers: tuple[str, ...] = LAYER_NAMES,
+) -> TrainStep:
+    """A jitted training step for a classifier under ``policy``.
+
+    Args:
+      model: a ``flax.linen.Module`` or an ``nnx.Module`` (copied, not modified).
+      policy: a :class:`Policy` or preset name. With ``storage`` set (``"fp16_pure"``)
+        the weights are kept in that format: rounded at init and after every update
+        (no float32 master copy).
+      optimizer: an optax transformation; with adaptive loss scaling its ``update``
+        receives ``grad_scales=`` (``fpsim.optim`` loss-scaling wrappers accept it).
+      loss_fn: ``loss_fn(logits, labels) -> scalar``, evaluated in float32.
+      loss_scale: multiplies the loss before differentiating: a number, or a function of
+        the optimizer state (``fpsim.optim.current_loss_scale``); the optimizer must
+        undo it.
+      watch: collect per-layer statistics into ``metrics["layers"]``.
+      layers: class names of the layers the policy applies to.
+
+    Returns:
+      A :class:`TrainStep`. ``metrics`` holds ``loss`` (unscaled), ``accuracy``,
+      ``finite`` (all gradients finite), ``loss_scale``, ``grad_underflow`` (fraction of
+      nonzero activation-gradient values lost to underflow, all layers), and with
+      ``watch`` ``layers`` (``{layer: LayerStats}``) and ``weight_grads``.
+
+    Example:
+      >>> import fpsim, jax, jax.numpy as jnp, optax, flax.linen as nn
+      >>> ts = fpsim.nn.make_train_step(nn.Dense(3), "bf16_mixed", optax.sgd(0.1))
+      >>> x, y = jnp.ones((4, 2)), jnp.array([0, 1, 2, 0])
+      >>> state = ts.init(jax.random.key(0), x)
+      >>> state, metrics = ts.step(state, (x, y))
+      >>> sorted(metrics)[:4]
+      ['accuracy', 'finite', 'grad_underflow', 'layers']
+    """
+    policy = as_policy(policy)
+    init_params, apply_fn = _model_fns(model, layers)
+
+    def objective(params, x, y, scale):
+        logits = apply_fn(params, x)
+        loss = loss_fn(logits, y)
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return loss * scale, (loss, acc)
+
+    vg = value_and_grad(objective, policy, watch=watch, has_aux=True, layers=layers)
+
+    def init(key, x) -> TrainState:
+        key, sub = jax.random.split(key)
+        params = store(init_params(sub, x), policy)
+        pstate = init_state(objective, policy, params, x, jnp.zeros(x.shape[:1], jnp.int32),
+                            jnp.ones((), jnp.float32), layers=layers)  # fmt: skip
+        return TrainState(params, optimizer.init(params), pstate, jnp.zeros((), jnp.int32), key)
+
+    def step(state: TrainState, batch):
+        x, y = batch
+        if loss_scale is None:
+            scale = jnp.ones((), jnp.float32)
+        elif callable(loss_scale):
+            scale = jnp.asarray(loss_scale(state.opt_state), jnp.float32)
+        else:
+            scale = jnp.asarray(loss_scale, jnp.float32)
+        key = jax.random.fold_in(state.key, state.step)
+        _, grads, pstate, report = vg(state.params, state.policy_state, x, y, scale, key=key)
+        loss, acc = report.aux
+        extra = {} if report.grad_scales is None else {"grad_scales": report.grad_scales}
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
+        params = store(optax.apply_updates(state.params, updates), policy)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        metrics = {
+            "loss": loss,
+            "accuracy": acc,
+            "finite": finite,
+            "loss_scale": scale,
+            "grad_underflow": underflow_fraction(report),
+        }
+        if watch:
+            metrics["layers"] = report.layers
+            metrics["weight_grads"] = report.weight_grads
+        new = TrainState(params, opt_state, pstate, state.step + 1, state.key)
+        return new, metrics
+
+    return TrainStep(init, jax.jit(step), apply_fn)
+
+
+def train(
+    model,
+    policy: Policy | str,
+    data,
+    optimizer: optax.GradientTransformation,
+    steps: int,
+    *,
+    batch_size: int = 64,
+    key: jax.Array | None = None,
+    eval_data=None,
+    loss_scale: Callable | float | None = None,
+    watch: bool = False,
+) -> dict:
+    """Train ``model`` on ``data = (x, y)`` for ``steps`` minibatch steps.
+
+    Minibatches walk through a fixed random permutation of the data (reshuffled every
+    epoch); everything is seeded by ``key`` (default ``jax.random.key(0)``).
+
+    Returns:
+      ``{"loss", "accuracy", "finite", "loss_scale", "grad_underflow"}`` as numpy arrays
+      over steps, plus ``"eval_accuracy"`` (on ``eval_data``, or the training data; the
+      forward pass runs under the policy), ``"steps_skipped"`` (non-finite steps),
+      ``"seconds"`` (wall time of the loop, after compilation) and ``"state"``.
+    """
+    from fpsim.nn._apply import apply
+
+    policy = as_policy(policy)
+    key = jax.random.key(0) if key is None else key
+    x_all, y_all = (jnp.asarray(a) for a in data)
+    n = x_all.shape[0]
+    ts = make_train_step(model, policy, optimizer, loss_scale=loss_scale, watch=watch)
+    key, k_init, k_perm = jax.random.split(key, 3)
+    state = ts.init(k_init, x_all[:batch_size])
+    per_epoch = max(n // batch_size, 1)
+    epochs = -(-steps // per_epoch)
+    perms = [np.asarray(jax.random.permutation(k, n)) for k in jax.random.split(k_perm, epochs)]
+    batches = [
+        perms[i // per_epoch][(i % per_epoch) * batch_size :][:batch_size] for i in range(steps)
+    ]
+    ts.step(state, (x_all[batches[0]], y_all[batches[0]]))  # compile
+    history = {k: [] for k in ("loss", "accuracy", "finite", "loss_scale", "grad_underflow")}
+    t0 = time.perf_counter()
+    for idx in batches:
+        state, m = ts.step(state, (x_all[idx], y_all[idx]))
+        for k in history:
+            history[k].append(m[k])
+    jax.block_until_ready(state.params)
+    seconds = time.perf_counter() - t0
+    out = {k: np.asarray(jnp.stack(v)) for k, v in history.items()}
+    ex, ey = (x_all, y_all) if eval_data is None else (jnp.asarray(a) for a in eval_data)
+    logits = jax.jit(lambda p, s, x: apply(ts.apply_fn, policy, p, x, state=s))(
+        state.params, state.policy_state, ex
+    )
+    out["eval_accuracy"] = float(jnp.mean(jnp.argmax(logits, -1) == ey))
+    out["steps_skipped"] = int((~out["finite"]).sum())
+    out["seconds"] = seconds
+    out["state"] = state
+    return out
