@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -250,18 +251,40 @@ def test_one_device_collective_and_data_parallel():
 # --------------------------------------------------------------------------------------
 # 4 simulated devices, in a child process
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def multi(tmp_path_factory) -> dict[str, np.ndarray]:
-    out = tmp_path_factory.mktemp("comm") / "multi.npz"
+def _run_child(out: Path) -> None:
     script = Path(__file__).with_name("_multidevice_check.py")
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     ).strip()
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, str(script), str(out)], env=env,
+    tmp = out.with_suffix(".part.npz")
+    proc = subprocess.run([sys.executable, str(script), str(tmp)], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    if proc.returncode != 0:
+        out.with_suffix(".err").write_text(proc.stderr[-4000:])
+    else:
+        tmp.rename(out)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory) -> dict[str, np.ndarray]:
+    """The child's results, computed once per test session even under pytest-xdist
+    (the workers share the base temporary directory's parent; the first one to take
+    the lock runs the child, the others wait for its file)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out, err = root / "comm_multi.npz", root / "comm_multi.err"
+    try:
+        os.close(os.open(root / "comm_multi.lock", os.O_CREAT | os.O_EXCL))
+        _run_child(out)
+    except FileExistsError:
+        deadline = time.monotonic() + 600
+        while not (out.exists() or err.exists()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if err.exists():
+        pytest.fail("the 4-device child process failed:\n" + err.read_text())
     with np.load(out) as data:
         return dict(data)
 
