@@ -62,7 +62,12 @@ Two entry points share one implementation of every order:
   number of "virtual" devices (64 devices on a laptop).
 
 They give bitwise the same result for the same inputs, key and options.
-:func:`data_parallel_grads` wraps the whole data-parallel gradient computation.
+:func:`data_parallel_grads` wraps the whole data-parallel gradient computation. One
+pitfall it avoids: inside ``shard_map``, the gradient with respect to *replicated*
+parameters comes back already summed over the devices (JAX's autodiff inserts a float32
+``psum``), so a low-precision all-reduce after it would reduce a sum. The parameters are
+first marked device-varying (``lax.pcast(params, axis, to="varying")``) so that each
+device's gradient stays local until :func:`lp_all_reduce` combines them.
 """
 
 from __future__ import annotations
@@ -434,7 +439,8 @@ def data_parallel_grads(
     Returns:
       The jitted function ``step_grads(params, batch, key=None)``.
     """
-    fmt, _ = _check(fmt, wire_format, order, rounding, 0, divide)
+    # the key comes per call (checked in step_grads); a placeholder passes the check
+    fmt, _ = _check(fmt, wire_format, order, rounding, "per call", divide)
     if axis_name is None:
         if len(mesh.axis_names) != 1:
             raise ValueError(
@@ -456,16 +462,10 @@ def data_parallel_grads(
         local = lax.pcast(params, axis_name, to="varying")
         loss, grads = jax.value_and_grad(loss_fn)(local, batch)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
+        keys = [None if key is None else _key(key, i) for i in range(len(leaves))]
         reduced = [
-            lp_all_reduce(
-                g,
-                axis_name,
-                fmt,
-                key=None if key is None else _key(key, i),
-                mean=True,
-                **opts,
-            )  # fmt: skip
-            for i, g in enumerate(leaves)
+            lp_all_reduce(g, axis_name, fmt, key=k, mean=True, **opts)
+            for g, k in zip(leaves, keys, strict=True)
         ]
         return lax.pmean(loss, axis_name), jax.tree_util.tree_unflatten(treedef, reduced)
 

@@ -128,8 +128,7 @@ def test_lp_reduce_matches_reference(order, rounding):
     assert_bits_equal(got, ref_reduce(xs, "fp16", order, rounding, key))
 
 
-@pytest.mark.parametrize("n", [3, 5])
-@pytest.mark.parametrize("order", ["ring", "tree"])
+@pytest.mark.parametrize(("n", "order"), [(3, "ring"), (5, "tree"), (5, "ring")])
 def test_lp_reduce_odd_device_counts(n, order):
     rng = np.random.default_rng(n)
     xs = (rng.normal(size=(n, 7)) * 2.0 ** rng.integers(-8, 8, size=(n, 7))).astype(F32)
@@ -175,7 +174,7 @@ def test_stochastic_reduction_is_unbiased(order):
     assert abs(near.mean() - exact) > 10 * sr.std() / np.sqrt(sr.size)
 
 
-@pytest.mark.parametrize("n", [2, 4, 8, 16, 32, 64])
+@pytest.mark.parametrize("n", [2, 8, 64])
 def test_divide_before_underflows_more_with_more_devices(n):
     g = child.tiny_gradients(n)
     before = wire_counts(g, "fp16", divide="before")
