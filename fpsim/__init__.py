@@ -11,6 +11,10 @@ from fpsim.codec import all_values as all_values
 from fpsim.codec import code_dtype as code_dtype
 from fpsim.codec import decode as decode
 from fpsim.codec import encode as encode
+from fpsim.comm import data_parallel_grads as data_parallel_grads
+from fpsim.comm import lp_all_reduce as lp_all_reduce
+from fpsim.comm import lp_reduce as lp_reduce
+from fpsim.comm import wire_counts as wire_counts
 from fpsim.formats import BF16 as BF16
 from fpsim.formats import E2M1 as E2M1
 from fpsim.formats import E2M3 as E2M3
@@ -63,6 +67,6 @@ __all__ = [
     "E4M3_SAT", "E5M2", "E5M2FNUZ", "FORMATS", "FP16", "FP32", "FP4_E2M1", "FP6_E2M3",
     "FP6_E3M2", "Format", "FormatLike", "ROUNDING_MODES", "Rounding", "TF32", "all_values",
     "code_dtype", "decode", "encode", "format_names", "get_format", "next_down", "next_up",
-    "quantize", "ulp",
+    "quantize", "ulp", "lp_all_reduce", "lp_reduce", "wire_counts", "data_parallel_grads",
 ]  # fmt: skip
 __all__ += list(_numerics.__all__) + list(_stats.__all__)
