@@ -74,5 +74,6 @@ def adaptive_scale(g: jax.Array, fmt: Format | None, rule: AdaptiveLossScaling) 
     amax = jnp.max(jnp.abs(g)).astype(jnp.float32)
     ok = (amax > 0) & jnp.isfinite(amax)
     e = jnp.floor(jnp.log2(top) - jnp.log2(jnp.where(ok, amax, 1.0)))
-    e = jnp.clip(e, 0, rule.max_log2)
-    return jnp.where(ok, jnp.exp2(e), 1.0).astype(jnp.float32)
+    e = jnp.clip(e, 0, rule.max_log2).astype(jnp.int32)
+    # ldexp is exact; exp2 on CPU is a polynomial and may miss the power of two
+    return jnp.where(ok, jnp.ldexp(jnp.float32(1.0), e), 1.0).astype(jnp.float32)
