@@ -65,10 +65,12 @@ def test_float32_policy_is_bitwise_identity_nnx():
     def fn(p, x):
         return nnx.merge(graphdef, p, rest)(x)
 
-    ref_loss, ref_grads = jax.value_and_grad(lambda p: xent(model(X) * 0 + fn(p, X)))(params)
-    loss, grads, _, report = fpsim.nn.value_and_grad(lambda p, x: xent(fn(p, x)), "float32")(
-        params, None, X
+    ref_loss, ref_grads = jax.value_and_grad(lambda p: xent(model(X) * 0 + fn(p, X)))(
+        params
     )
+    loss, grads, _, report = fpsim.nn.value_and_grad(
+        lambda p, x: xent(fn(p, x)), "float32"
+    )(params, None, X)
     assert bits(loss) == bits(ref_loss)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_array_equal(bits(a), bits(b))
@@ -96,12 +98,14 @@ def test_fp16_every_intercepted_activation_is_on_the_grid(linen):
 def test_nnx_layers_round_under_fp16():
     model = fpsim.nn.instrument(NMLP(nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    y = fpsim.nn.apply(lambda p, x: nnx.merge(graphdef, p, rest)(x), "fp16_mixed", params, X)
+    y = fpsim.nn.apply(
+        lambda p, x: nnx.merge(graphdef, p, rest)(x), "fp16_mixed", params, X
+    )
     np.testing.assert_array_equal(bits(fpsim.quantize(y, "fp16")), bits(y))
 
 
 def test_grad_counts_match_value_counts_on_independent_cotangents(linen):
-    """The report's per-layer counts equal fpsim.value_counts of cotangents computed by hand."""
+    """Per-layer counts equal fpsim.value_counts of cotangents computed by hand."""
     _, params, fn = linen
     pol = "fp16_mixed"
     x = X * 0.1
@@ -120,8 +124,12 @@ def test_grad_counts_match_value_counts_on_independent_cotangents(linen):
         got = report.layers[key].grads
         want = fpsim.value_counts(g, "fp16")
         assert [int(v) for v in got.counts] == [int(v) for v in want]
-        np.testing.assert_array_equal(got.hist.counts, fpsim.log2_histogram(g, "fp16").counts)
-        np.testing.assert_array_equal(got.hist_lp.counts, fpsim.log2_histogram(q(g), "fp16").counts)
+        np.testing.assert_array_equal(
+            got.hist.counts, fpsim.log2_histogram(g, "fp16").counts
+        )
+        np.testing.assert_array_equal(
+            got.hist_lp.counts, fpsim.log2_histogram(q(g), "fp16").counts
+        )
     assert int(report.layers["Dense_1"].grads.counts.underflow) > 0  # tiny loss: some lost
     ins = report.layers["Dense_0"].inputs.counts
     assert [int(v) for v in ins] == [int(v) for v in fpsim.value_counts(x, "fp16")]
@@ -138,9 +146,13 @@ def test_delayed_scaling_state_follows_transformer_engine(linen):
     _, _, s1, r1 = vg(params, state, X)
     # step 1: scale 1 (empty history); the history records this step's amax
     k0 = params["Dense_0"]["kernel"]
-    np.testing.assert_array_equal(s1["params"]["Dense_0/kernel"].amax_history[0], jnp.abs(k0).max())
+    np.testing.assert_array_equal(
+        s1["params"]["Dense_0/kernel"].amax_history[0], jnp.abs(k0).max()
+    )
     assert float(s1["params"]["Dense_0/kernel"].scale) == 1.0
-    np.testing.assert_array_equal(s1["inputs"]["Dense_0"][0].amax_history[0], jnp.abs(X).max())
+    np.testing.assert_array_equal(
+        s1["inputs"]["Dense_0"][0].amax_history[0], jnp.abs(X).max()
+    )
     g1max = jnp.abs(r1.layers["Dense_1"].grads.hist.counts).sum()  # (sanity: recorded)
     assert int(g1max) > 0
     # step 2: scale = fmt.max / amax
@@ -148,7 +160,9 @@ def test_delayed_scaling_state_follows_transformer_engine(linen):
     want = fpsim.E4M3.max / jnp.abs(k0).max()
     np.testing.assert_allclose(s2["params"]["Dense_0/kernel"].scale, want, rtol=1e-7)
     gs = s2["grads"]["Dense_1"]
-    np.testing.assert_allclose(gs.scale, fpsim.E5M2.max / s1["grads"]["Dense_1"].amax_history[0])
+    np.testing.assert_allclose(
+        gs.scale, fpsim.E5M2.max / s1["grads"]["Dense_1"].amax_history[0]
+    )
     np.testing.assert_allclose(r2.layers["Dense_1"].grads.scale, gs.scale)
 
 
@@ -180,7 +194,9 @@ def test_quantized_dot_general_forwards_kwargs():
     layer = nnx.Linear(5, 2, rngs=nnx.Rngs(0), dot_general=dg)
     y = layer(X)  # nnx passes out_sharding=None
     kq = fpsim.quantize(layer.kernel[...], "fp16")
-    np.testing.assert_allclose(y, fpsim.quantize(X, "fp16") @ kq + layer.bias[...], rtol=1e-6)
+    np.testing.assert_allclose(
+        y, fpsim.quantize(X, "fp16") @ kq + layer.bias[...], rtol=1e-6
+    )
     layer2 = nnx.Linear(5, 2, rngs=nnx.Rngs(0), dot_general=dg,
                         preferred_element_type=jnp.float32)  # fmt: skip
     assert layer2(X).dtype == jnp.float32

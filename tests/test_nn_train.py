@@ -104,7 +104,9 @@ def test_pure_fp16_stores_weights_in_fp16():
         np.testing.assert_array_equal(fpsim.quantize(p, "fp16"), p)
     mixed = fpsim.nn.make_train_step(MLP(), "fp16_mixed", optax.sgd(1e-3), watch=False)
     mstate, _ = mixed.step(mixed.init(jax.random.key(0), XB), (XB, YB))
-    assert any((fpsim.quantize(p, "fp16") != p).any() for p in jax.tree.leaves(mstate.params))
+    assert any(
+        (fpsim.quantize(p, "fp16") != p).any() for p in jax.tree.leaves(mstate.params)
+    )
 
 
 TINY = 2.0**-20  # gradients 2**20 smaller than usual, as in a large model late in training
@@ -124,7 +126,9 @@ def _run_small_grads(policy, optimizer, loss_scale=None, steps=8):
 
 
 def test_small_gradients_underflow_and_loss_scaling_rescues_them():
-    adam = optax.adam(3e-3, eps=1e-30)  # Adam ignores the loss's scale: float32 is unaffected
+    adam = optax.adam(
+        3e-3, eps=1e-30
+    )  # Adam ignores the loss's scale: float32 is unaffected
     ref, ref_under, _ = _run_small_grads("float32", adam)
     assert (ref_under == 0).all() and ref[-1] < ref[0] - 0.1
     # pure FP16, no loss scaling: most activation-gradient values underflow, nothing learns
@@ -135,15 +139,21 @@ def test_small_gradients_underflow_and_loss_scaling_rescues_them():
     last = m["layers"]["Dense_3"].grads.counts
     assert int(last.underflow) == int(last.total)
     for k in ("Dense_0", "Dense_1", "Dense_2"):
-        assert int(m["layers"][k].grads.counts.zero) == int(m["layers"][k].grads.counts.total)
-    # dynamic loss scaling (fpsim.optim): the fraction drops to ~0 and training matches float32
+        assert int(m["layers"][k].grads.counts.zero) == int(
+            m["layers"][k].grads.counts.total
+        )
+    # dynamic loss scaling (fpsim.optim): fraction drops to ~0, training matches float32
     opt = fpsim.optim.dynamic_loss_scaling(adam, init_scale=2.0**20)
     dyn, dyn_under, _ = _run_small_grads("fp16_mixed", opt, fpsim.optim.current_loss_scale)
     assert dyn_under.max() < 0.01
     np.testing.assert_allclose(dyn, ref, atol=0.02)
     # layer-wise adaptive loss scaling: scales chosen in the backward pass, undone by optax
-    adaptive = fpsim.nn.get_policy("fp16_mixed").replace(adaptive=fpsim.nn.AdaptiveLossScaling())
-    ada, ada_under, _ = _run_small_grads(adaptive, fpsim.optim.static_loss_scaling(adam, 1.0))
+    adaptive = fpsim.nn.get_policy("fp16_mixed").replace(
+        adaptive=fpsim.nn.AdaptiveLossScaling()
+    )
+    ada, ada_under, _ = _run_small_grads(
+        adaptive, fpsim.optim.static_loss_scaling(adam, 1.0)
+    )
     assert ada_under.max() < 0.01
     np.testing.assert_allclose(ada, ref, atol=0.02)
 
@@ -162,16 +172,18 @@ def test_adaptive_scales_reach_the_optimizer():
     for s in jax.tree.leaves(scales):
         assert float(s) >= 2.0**20 and np.log2(float(s)) % 1 == 0  # powers of two
     _, ref = jax.value_and_grad(loss)(params, XB)
-    for g, s, r in zip(jax.tree.leaves(grads), jax.tree.leaves(scales), jax.tree.leaves(ref),
-                       strict=True):  # fmt: skip
+    leaves = (jax.tree.leaves(grads), jax.tree.leaves(scales), jax.tree.leaves(ref))
+    for g, s, r in zip(*leaves, strict=True):
         np.testing.assert_allclose(g / s, r, rtol=2e-2, atol=1e-3 * float(jnp.abs(r).max()))
 
 
 def _digits_run(policy, steps, mult):
     xtr, ytr, xte, yte = X[:1400], Y[:1400], X[1400:], Y[1400:]
     opt = optax.adam(3e-3, eps=1e-12)
-    hist = fpsim.nn.train(MLP(depth=2, width=64), policy, (xtr, ytr), opt, steps,
-                          batch_size=128, eval_data=(xte, yte), loss_scale=mult)  # fmt: skip
+    hist = fpsim.nn.train(
+        MLP(depth=2, width=64), policy, (xtr, ytr), opt, steps,
+        batch_size=128, eval_data=(xte, yte), loss_scale=mult,
+    )  # fmt: skip
     return hist["eval_accuracy"]
 
 
@@ -191,5 +203,8 @@ def test_fp8_digits_long():
     f32 = _digits_run("float32", 600, 2.0**-10)
     fp8 = _digits_run("fp8_hybrid", 600, 2.0**-10)
     naive = _digits_run("fp8_naive", 600, 2.0**-10)
-    print(f"\ndigits test accuracy: float32 {f32:.4f}  fp8_hybrid {fp8:.4f}  fp8_naive {naive:.4f}")
+    print(
+        f"\ndigits test accuracy: float32 {f32:.4f}  fp8_hybrid {fp8:.4f}  "
+        f"fp8_naive {naive:.4f}"
+    )
     assert fp8 > f32 - 0.02 and naive < 0.5

@@ -63,7 +63,9 @@ def param_paths(params):
     result = []
     for path, leaf in flat:
         parts = _path_str(path)
-        result.append(("/".join(parts), "/".join(parts[:-1]), parts[-1] if parts else "", leaf))
+        result.append(
+            ("/".join(parts), "/".join(parts[:-1]), parts[-1] if parts else "", leaf)
+        )
     return result
 
 
@@ -110,7 +112,7 @@ def init_state(fn, policy, params, *args, layers=LAYER_NAMES, **kwargs) -> dict:
         if s.policy.grad is not None and s.out_shapes:
             state["grads"][s.key] = init_scale_state(rec)
     classes = _classes(sites)
-    for path, owner, name, leaf in param_paths(params):
+    for path, owner, name, _leaf in param_paths(params):
         pol = policy.for_module(owner, classes.get(owner, ""))
         named = pol.param_names is None or name in pol.param_names
         if pol.scaling is not None and pol.param is not None and named:

@@ -205,9 +205,9 @@ def current() -> Run | None:
 @contextlib.contextmanager
 def activate(run: Run):
     """Make ``run`` receive the intercepted layer calls (Linen and NNX)."""
-    from fpsim.nn._linen import interceptor
-
     import flax.linen as nn
+
+    from fpsim.nn._linen import interceptor
 
     stack = getattr(_STACK, "runs", None)
     if stack is None:

@@ -19,7 +19,7 @@ def quantized_dot_general(
     rounding: str = "nearest",
     saturate: bool = False,
 ) -> Callable[..., jax.Array]:
-    """``lax.dot_general`` whose operands are rounded to ``fwd`` and output cotangent to ``bwd``.
+    """``lax.dot_general`` rounding its operands to ``fwd``, its output gradient to ``bwd``.
 
     Only the matrix product is touched (not a bias add). The returned function accepts
     and forwards every extra keyword argument (NNX passes ``out_sharding`` and, when set,

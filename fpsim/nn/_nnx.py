@@ -30,8 +30,16 @@ def _hooked(cls):
         return run.layer(path, cls.__name__, lambda *a, **k: cls.__call__(self, *a, **k),
                          args, kwargs)  # fmt: skip
 
-    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
-                                      "__qualname__": cls.__qualname__, "_fpsim_base": cls})
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "__call__": __call__,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "_fpsim_base": cls,
+        },
+    )
 
 
 def instrument(model, *, layers: tuple[str, ...] = LAYER_NAMES):

@@ -59,7 +59,9 @@ class DelayedScaling:
 
     def __post_init__(self):
         if not (isinstance(self.history_len, int) and self.history_len >= 1):
-            raise ValueError(f"history_len must be a positive int, got {self.history_len!r}")
+            raise ValueError(
+                f"history_len must be a positive int, got {self.history_len!r}"
+            )
         if not (isinstance(self.margin, int) and self.margin >= 0):
             raise ValueError(f"margin must be a non-negative int, got {self.margin!r}")
 
@@ -149,7 +151,9 @@ class Policy:
                 )
             pattern, pol = item
             if not isinstance(pattern, str) or not pattern:
-                raise ValueError(f"an override pattern must be a non-empty str, got {pattern!r}")
+                raise ValueError(
+                    f"an override pattern must be a non-empty str, got {pattern!r}"
+                )
             pol = get_policy(pol) if isinstance(pol, str) else pol
             if not isinstance(pol, Policy):
                 raise TypeError(f"override for {pattern!r} must be a Policy or preset name")
@@ -165,7 +169,9 @@ class Policy:
         """The policy that applies to the module at ``path`` of class ``class_name``."""
         chosen = self
         for pattern, pol in self.overrides:
-            if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(class_name, pattern):
+            if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(
+                class_name, pattern
+            ):
                 chosen = pol
         return chosen
 
@@ -206,7 +212,7 @@ def _presets() -> dict[str, Policy]:
             param_grad="fp16", storage="fp16",
         ),
         # Micikevicius et al. 2022 / Transformer Engine: E4M3 forward, E5M2 backward, matrix
-        # products only, per-tensor delayed scaling; outputs and norms stay in high precision
+        # products only, per-tensor delayed scaling; outputs and norms in high precision
         "fp8_hybrid": Policy(
             name="fp8_hybrid", param="e4m3", compute="e4m3", grad="e5m2", saturate=True,
             scaling=DelayedScaling(), param_names=("kernel",), overrides=norms_fp32,
@@ -238,7 +244,9 @@ def get_policy(name: str | Policy) -> Policy:
     if isinstance(name, Policy):
         return name
     if not isinstance(name, str):
-        raise TypeError(f"expected a preset name or fpsim.nn.Policy, got {type(name).__name__}")
+        raise TypeError(
+            f"expected a preset name or fpsim.nn.Policy, got {type(name).__name__}"
+        )
     try:
         return PRESETS[name.strip().lower().replace("-", "_")]
     except KeyError:

@@ -31,7 +31,9 @@ class ScaleState(NamedTuple):
 
 def init_scale_state(recipe: DelayedScaling) -> ScaleState:
     """Scale 1 and an empty (all-zero) history, as Transformer Engine starts."""
-    return ScaleState(jnp.ones((), jnp.float32), jnp.zeros((recipe.history_len,), jnp.float32))
+    return ScaleState(
+        jnp.ones((), jnp.float32), jnp.zeros((recipe.history_len,), jnp.float32)
+    )
 
 
 def delayed_scale(state: ScaleState, fmt: Format, recipe: DelayedScaling) -> jax.Array:
@@ -63,7 +65,9 @@ def round_scaled(x, fmt: Format | None, scale, rounding: str, key, saturate: boo
     return (y / scale).astype(x.dtype)
 
 
-def adaptive_scale(g: jax.Array, fmt: Format | None, rule: AdaptiveLossScaling) -> jax.Array:
+def adaptive_scale(
+    g: jax.Array, fmt: Format | None, rule: AdaptiveLossScaling
+) -> jax.Array:
     """Zhao et al.-style layer scale: the power of two lifting ``max|g|`` near the top.
 
     ``alpha = 2**floor(log2(fmt.max / 2**margin / max|g|))``, between 1 and

@@ -74,4 +74,6 @@ def fraction(counts: ValueCounts, field: str = "underflow") -> jax.Array:
 def nonzero_fraction_lost(counts: ValueCounts) -> jax.Array:
     """Underflowed values as a fraction of the nonzero finite values (what was lost)."""
     nonzero = counts.underflow + counts.subnormal + counts.normal + counts.overflow
-    return counts.underflow.astype(jnp.float32) / jnp.maximum(nonzero, 1).astype(jnp.float32)
+    return counts.underflow.astype(jnp.float32) / jnp.maximum(nonzero, 1).astype(
+        jnp.float32
+    )

@@ -142,7 +142,9 @@ def make_train_step(
         params = store(init_params(sub, x), policy)
         pstate = init_state(objective, policy, params, x, jnp.zeros(x.shape[:1], jnp.int32),
                             jnp.ones((), jnp.float32), layers=layers)  # fmt: skip
-        return TrainState(params, optimizer.init(params), pstate, jnp.zeros((), jnp.int32), key)
+        return TrainState(
+            params, optimizer.init(params), pstate, jnp.zeros((), jnp.int32), key
+        )
 
     def step(state: TrainState, batch):
         x, y = batch
@@ -153,12 +155,16 @@ def make_train_step(
         else:
             scale = jnp.asarray(loss_scale, jnp.float32)
         key = jax.random.fold_in(state.key, state.step)
-        _, grads, pstate, report = vg(state.params, state.policy_state, x, y, scale, key=key)
+        _, grads, pstate, report = vg(
+            state.params, state.policy_state, x, y, scale, key=key
+        )
         loss, acc = report.aux
         extra = {} if report.grad_scales is None else {"grad_scales": report.grad_scales}
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
         params = store(optax.apply_updates(state.params, updates), policy)
-        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
         metrics = {
             "loss": loss,
             "accuracy": acc,
@@ -210,12 +216,17 @@ def train(
     state = ts.init(k_init, x_all[:batch_size])
     per_epoch = max(n // batch_size, 1)
     epochs = -(-steps // per_epoch)
-    perms = [np.asarray(jax.random.permutation(k, n)) for k in jax.random.split(k_perm, epochs)]
+    perms = [
+        np.asarray(jax.random.permutation(k, n)) for k in jax.random.split(k_perm, epochs)
+    ]
     batches = [
-        perms[i // per_epoch][(i % per_epoch) * batch_size :][:batch_size] for i in range(steps)
+        perms[i // per_epoch][(i % per_epoch) * batch_size :][:batch_size]
+        for i in range(steps)
     ]
     ts.step(state, (x_all[batches[0]], y_all[batches[0]]))  # compile
-    history = {k: [] for k in ("loss", "accuracy", "finite", "loss_scale", "grad_underflow")}
+    history = {
+        k: [] for k in ("loss", "accuracy", "finite", "loss_scale", "grad_underflow")
+    }
     t0 = time.perf_counter()
     for idx in batches:
         state, m = ts.step(state, (x_all[idx], y_all[idx]))
