@@ -120,9 +120,13 @@ def _cast_out_bwd(cfg, res, g):
     elif cfg.adaptive is not None:
         scale = adaptive_scale(g, fmt, cfg.adaptive)
     else:
+        scale = None
+    if scale is None:  # no scaling: round as is (no multiply by 1 in the graph)
+        stored = lp = round_scaled(g, fmt, None, cfg.grad_rounding, kb, cfg.saturate)
         scale = jnp.ones((), jnp.float32)
-    stored = round_scaled(g * scale, fmt, None, cfg.grad_rounding, kb, cfg.saturate)
-    lp = (stored / scale).astype(g.dtype)  # what the pass holds, in float32 units
+    else:
+        stored = round_scaled(g * scale, fmt, None, cfg.grad_rounding, kb, cfg.saturate)
+        lp = (stored / scale).astype(g.dtype)  # what the pass holds, in float32 units
     ct_y = stored.astype(g.dtype) if cfg.adaptive is not None else lp
     ct_aux = OutAux(
         probe=None if aux.probe is None else (g, lp, scale),

@@ -192,12 +192,25 @@ def train(
     key: jax.Array | None = None,
     eval_data=None,
     loss_scale: Callable | float | None = None,
-    watch: bool = False,
+    watch: bool = True,
 ) -> dict:
     """Train ``model`` on ``data = (x, y)`` for ``steps`` minibatch steps.
 
     Minibatches walk through a fixed random permutation of the data (reshuffled every
     epoch); everything is seeded by ``key`` (default ``jax.random.key(0)``).
+
+    Args:
+      model: a Linen or NNX classifier.
+      policy: a :class:`Policy` or preset name.
+      data: ``(x, y)`` with integer labels.
+      optimizer: an optax transformation (wrap it in ``fpsim.optim.dynamic_loss_scaling``
+        and pass ``loss_scale=fpsim.optim.current_loss_scale`` for loss scaling).
+      steps: number of training steps.
+      batch_size: minibatch size.
+      key: PRNG key for initialization, shuffling and stochastic rounding.
+      eval_data: ``(x, y)`` to measure the final accuracy on.
+      loss_scale: see :func:`make_train_step`.
+      watch: collect gradient statistics (``grad_underflow`` is 0 without them).
 
     Returns:
       ``{"loss", "accuracy", "finite", "loss_scale", "grad_underflow"}`` as numpy arrays

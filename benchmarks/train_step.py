@@ -1,0 +1,112 @@
+"""Time per jitted training step under each fpsim.nn preset, relative to plain float32.
+
+Run: python benchmarks/train_step.py [--repeats 9] [--watch]
+
+Two models: an MLP 784-1024-1024-10 at batch 256, and a transformer block (width 128,
+4 heads, 64 tokens, batch 32). The baseline is the same model's ordinary float32 training
+step (jax.grad + optax, no fpsim). Each preset's step is fpsim.nn.make_train_step (with
+``--watch``: also collecting per-layer statistics). Timings are medians of --repeats
+runs after a warm-up, interleaved with the baseline, all in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import optax
+
+import fpsim
+
+PRESETS = ("float32", "fp16_mixed", "bf16_mixed", "fp16_pure", "fp8_hybrid")
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(1024)(x))
+        x = nn.relu(nn.Dense(1024)(x))
+        return nn.Dense(10)(x)
+
+
+class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(128)(x)
+        h = nn.LayerNorm()(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=4)(h, h)
+        h = nn.LayerNorm()(x)
+        x = x + nn.Dense(128)(nn.gelu(nn.Dense(512)(h)))
+        return nn.Dense(10)(nn.LayerNorm()(x).mean(1))
+
+
+def baseline_step(model, opt):
+    def step(params, opt_state, x, y):
+        def loss(p):
+            return fpsim.nn.cross_entropy(model.apply({"params": p}, x), y)
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def bench(name, model, x, y, repeats, watch):
+    opt = optax.adam(1e-3)
+    params = model.init(jax.random.key(0), x)["params"]
+    base = baseline_step(model, opt)
+    base_state = (params, opt.init(params))
+    steps = {}
+    for pol in PRESETS:
+        ts = fpsim.nn.make_train_step(model, pol, opt, watch=watch)
+        steps[pol] = (ts.step, ts.init(jax.random.key(0), x))
+    run_base = lambda: base(*base_state, x, y)  # noqa: E731
+    timed(run_base)
+    for step, state in steps.values():
+        timed(lambda s=step, st=state: s(st, (x, y)))
+    times = {"baseline": []} | {p: [] for p in PRESETS}
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit all alike
+        times["baseline"].append(timed(run_base))
+        for pol, (step, state) in steps.items():
+            times[pol].append(timed(lambda s=step, st=state: s(st, (x, y))))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n### {name}")
+    print("| step | median ms | vs float32 baseline |\n|---|---|---|")
+    print(f"| plain float32 (jax.grad + optax) | {med['baseline'] * 1e3:.2f} | 1.00x |")
+    for pol in PRESETS:
+        ratio = med[pol] / med["baseline"]
+        print(f"| fpsim.nn `{pol}` | {med[pol] * 1e3:.2f} | {ratio:.2f}x |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--watch", action="store_true", help="collect per-layer statistics too")
+    args = p.parse_args()
+    dev = jax.devices()[0]
+    print(
+        f"# median of {args.repeats} after warm-up; watch={args.watch}; {dev.device_kind}"
+    )
+    print(f"# jax {jax.__version__}, {platform.processor() or platform.machine()}")
+    k1, k2 = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(k1, (256, 784))
+    y = jax.random.randint(k2, (256,), 0, 10)
+    bench("MLP 784-1024-1024-10, batch 256", MLP(), x, y, args.repeats, args.watch)
+    xs = jax.random.normal(k1, (32, 64, 32))
+    bench("transformer block, width 128, 64 tokens, batch 32", Block(), xs, y[:32],
+          args.repeats, args.watch)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
