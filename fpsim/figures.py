@@ -1,9 +1,9 @@
 """The figures in ``figures/``: one function per figure, all listed in :data:`FIGURES`.
 
 ``fpsim figures --outdir DIR`` (or :func:`write_figures`) regenerates every PNG
-deterministically: fixed seeds, the Agg renderer, no timestamps in the files. Data that
-would come from training (loss curves, the loss scale, underflow per layer) is synthetic
-here and says so in its title; the demo replaces it with recorded runs.
+deterministically: fixed seeds, the Agg renderer, no timestamps in the files. The
+``demo_*`` figures come from the flagship demo's default run (``fpsim demo``: five
+trainings of a small MLP on the digits data, about a minute or two on a laptop CPU).
 
 To add a figure, write a function that returns a ``matplotlib.figure.Figure`` and add
 ``(file name, function)`` to :data:`FIGURES` (or call :func:`register_figure`).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fpsim.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP16, get_format
+from fpsim.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP16
 
 
 def _figure(figsize, rows=1):
@@ -82,98 +82,32 @@ def gradient_histogram_fp16():
     return fig
 
 
-def loss_scale_run(steps: int = 600, seed: int = 0, fmt="fp16", interval: int = 100):
-    """A synthetic dynamic-loss-scaling run: the scale and which steps were skipped.
+def _demo_figure(name: str):
+    """One of the flagship demo's figures, from its recorded default run (seed 0)."""
+    from fpsim import demo
 
-    Each step's largest gradient is log-normal; scaled by the current scale it overflows
-    ``fmt`` (the step is skipped and the scale halved) or not (after ``interval`` good
-    steps in a row the scale doubles).
-    """
-    fmt = get_format(fmt)
-    rng = np.random.default_rng(seed)
-    scale, good = 2.0**16, 0
-    scales, skipped = np.empty(steps), np.zeros(steps, bool)
-    for t in range(steps):
-        scales[t] = scale
-        if np.exp2(rng.normal(-4.0, 1.0)) * scale > fmt.max:
-            skipped[t], scale, good = True, scale / 2, 0
-        else:
-            good += 1
-            if good == interval:
-                scale, good = scale * 2, 0
-    return scales, skipped
+    return demo.figures(demo.run_experiment(demo.DEFAULT_STEPS, 0, quiet=True))[name]
 
 
-def loss_scale():
-    """A loss-scale trajectory (synthetic) with the skipped steps marked."""
-    from fpsim import plot
-
-    scales, skipped = loss_scale_run()
-    fig, (ax,) = _figure((9, 4.5))
-    plot.loss_scale_plot(
-        scales,
-        skipped,
-        ax=ax,
-        title="Dynamic loss scaling in FP16 "
-        "(synthetic gradients): halve on overflow, double after 100 good "
-        "steps",
-    )
-    return fig
+def demo_training_curves():
+    """Training loss of the demo's five runs (float32, FP16 with and without loss
+    scaling, BF16, FP8 hybrid) on the digits data."""
+    return _demo_figure("demo_training_curves.png")
 
 
-def training_curves():
-    """Loss curves of the same model in several formats (synthetic data)."""
-    from fpsim import plot
-
-    rng = np.random.default_rng(0)
-    t = np.arange(400)
-    base = 0.05 + 2.2 * np.exp(-t / 60)
-
-    def noisy(floor, scale=0.03):
-        return (
-            base
-            + floor * (1 - np.exp(-t / 80))
-            + scale * rng.standard_normal(t.size) * base
-        )
-
-    e4m3 = noisy(0.15, 0.06)
-    e4m3[250:] = np.nan
-    runs = {
-        "fp32": noisy(0.0),
-        "bf16": noisy(0.01),
-        "fp16 + loss scaling": noisy(0.005),
-        "fp16, no loss scaling": noisy(0.5),
-        "e4m3 everywhere": e4m3,
-    }
-    fig, (ax,) = _figure((9, 5))
-    plot.training_curves(
-        runs,
-        ax=ax,
-        logy=True,
-        title="Training loss by format (synthetic example data; a cross marks divergence)",
-    )
-    return fig
+def demo_loss_scale():
+    """The demo's dynamic loss scale, with the skipped step marked."""
+    return _demo_figure("demo_loss_scale.png")
 
 
-def underflow_heatmap():
-    """Fraction of activation gradients flushed to zero per layer (synthetic)."""
-    from fpsim import plot
+def demo_underflow_per_layer():
+    """Activation gradients flushed to zero per layer, pure FP16 without loss scaling."""
+    return _demo_figure("demo_underflow_per_layer.png")
 
-    rng = np.random.default_rng(0)
-    steps = np.arange(60)
-    layers = [f"dense_{i}" for i in range(6)]
-    depth = np.arange(len(layers))[:, None]
-    frac = 1 / (1 + np.exp(-(steps[None, :] / 10 - 3 + depth)))  # deeper layers sooner
-    frac = np.clip(frac * (0.2 + 0.12 * depth) + 0.02 * rng.random(frac.shape), 0, 1)
-    fig, (ax,) = _figure((9, 4.2))
-    plot.underflow_heatmap(
-        frac,
-        layers=layers,
-        ax=ax,
-        label="fraction of gradient values flushed to zero in fp16",
-        title="Underflow per layer during training (synthetic)",
-    )
-    return fig
+
+def demo_gradient_histogram():
+    """The float32 run's activation gradients against FP16's range."""
+    return _demo_figure("demo_gradient_histogram.png")
 
 
 #: (file name, function returning a Figure): everything ``fpsim figures`` writes.
@@ -183,9 +117,10 @@ FIGURES: list[tuple[str, Callable]] = [
     ("numberline_e5m2_fp6_fp4.png", numberline_small),
     ("spacing_and_relative_error.png", spacing),
     ("gradient_histogram_fp16.png", gradient_histogram_fp16),
-    ("loss_scale.png", loss_scale),
-    ("training_curves.png", training_curves),
-    ("underflow_per_layer.png", underflow_heatmap),
+    ("demo_training_curves.png", demo_training_curves),
+    ("demo_loss_scale.png", demo_loss_scale),
+    ("demo_underflow_per_layer.png", demo_underflow_per_layer),
+    ("demo_gradient_histogram.png", demo_gradient_histogram),
 ]
 
 

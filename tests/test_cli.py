@@ -117,9 +117,9 @@ def test_demo_hook(capsys, monkeypatch):
 
 def test_figures_command(tmp_path, capsys):
     code, out, _ = run(
-        capsys, "figures", "--outdir", str(tmp_path), "--only", "loss_scale.png"
+        capsys, "figures", "--outdir", str(tmp_path), "--only", "numberline_e4m3.png"
     )
-    assert code == 0 and (tmp_path / "loss_scale.png").exists()
+    assert code == 0 and (tmp_path / "numberline_e4m3.png").exists()
 
 
 def test_console_script_end_to_end():
