@@ -145,6 +145,15 @@ def _random_words(key, shape, c: _bits.Carrier, random_bits: int | None) -> jax.
 # --------------------------------------------------------------------------------------
 # The rounding core
 # --------------------------------------------------------------------------------------
+def _directed_up(rounding: str, neg):
+    """Whether a directed mode rounds the magnitude up (away from zero)."""
+    if rounding == "up":
+        return ~neg
+    if rounding == "down":
+        return neg
+    return jnp.zeros_like(neg)  # toward_zero
+
+
 def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals: bool,
                 random_bits: int | None):  # fmt: skip
     c = _bits.carrier_of(x.dtype)
@@ -157,38 +166,46 @@ def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals:
     neg = sign != 0
     a = bits & u(c.abs_mask)
 
-    # 1. |x| = sig * 2**(E_eff - bias - P)
+    # 1.-2. the grid's spacing at |x| is 2**shift units of x's own last place:
+    #       shift = max(P - m, (emin - m + bias + P) - max(E, 1))
     big_e = (a >> P).astype(jnp.int32)
-    e_eff = jnp.maximum(big_e, 1)
-    sig = (a & u((1 << P) - 1)) | jnp.where(big_e > 0, u(1 << P), u(0))
-
-    # 2.-3. drop `shift` low bits: shift = max(P - m, (emin - m + bias + P) - E_eff)
-    shift_true = jnp.maximum(P - m, fmt.emin - m + c.bias + P - e_eff)
-    shift = jnp.minimum(shift_true, W - 1).astype(u)
-    rem = sig & ((one << shift) - one)
-    trunc = sig >> shift
-    inexact = rem != 0
+    shift_true = jnp.maximum(P - m, fmt.emin - m + c.bias + P - jnp.maximum(big_e, 1))
+    # 3. With shift <= P, rounding |x|'s bit pattern itself to a multiple of 2**shift
+    #    is rounding the value: the implicit 1 (2**P) is a multiple of 2**shift, and a
+    #    carry out of the mantissa lands on the next binade's first value.
+    shift = jnp.minimum(shift_true, P).astype(u)
+    mask = (one << shift) - one
+    if rounding == "nearest":  # add just under half an ulp, plus the kept lsb: ties to even
+        # the last kept bit; at shift == P it is the implicit 1 (normals), not E's lsb
+        lsb = jnp.where(shift == u(P), (big_e > 0).astype(u), (a >> shift) & one)
+        on_grid = (a + (((mask >> one) + lsb) & mask)) & ~mask
+    elif rounding == "stochastic":  # add `shift` random bits: carries with P = rem/2**shift
+        if random_bits is None:
+            r = rand.astype(u) >> (u(W) - shift)
+        else:
+            k = u(random_bits)
+            rk = rand.astype(u)
+            r = jnp.where(shift >= k, rk << (shift - k), rk >> (k - shift))
+        on_grid = (a + (r & mask)) & ~mask
+    else:
+        up = _directed_up(rounding, neg) & ((a & mask) != 0)
+        on_grid = (a & ~mask) + jnp.where(up, one << shift, u(0))
+    # Below the smallest subnormal's binade (|x| < min_subnormal, shift > P) the only
+    # candidates are 0 and min_subnormal.
+    min_sub = u(c.bits_of(fmt.min_subnormal))
     if rounding == "nearest":
-        half = one << (shift - one)
-        up = (rem > half) | ((rem == half) & ((trunc & one) == one))
-    elif rounding == "toward_zero":
-        up = jnp.zeros_like(inexact)
-    elif rounding == "up":
-        up = ~neg
-    elif rounding == "down":
-        up = neg
-    else:  # stochastic: P(up) = rem / 2**shift_true, as a W-bit fixed-point threshold
+        half_min_sub = fmt.min_subnormal / 2
+        up = a > u(c.bits_of(half_min_sub)) if half_min_sub >= 2.0**-149 else a > 0
+    elif rounding == "stochastic":  # P(up) = |x| / min_sub = sig / 2**shift_true
+        sig = (a & u((1 << P) - 1)) | jnp.where(big_e > 0, u(1 << P), u(0))
         lshift = jnp.clip(W - shift_true, 0, W - 1).astype(u)
         rshift = jnp.clip(shift_true - W, 0, W - 1).astype(u)
-        threshold = jnp.where(shift_true <= W, rem << lshift, sig >> rshift)
+        threshold = jnp.where(shift_true <= W, sig << lshift, sig >> rshift)
         if random_bits is not None:
             threshold = threshold >> u(W - random_bits)
         up = rand.astype(u) < threshold
-    up = up & inexact
-
-    # 4. rebuild the magnitude; a carry into the exponent field is the right answer
-    min_sub = u(c.bits_of(fmt.min_subnormal))
-    on_grid = ((e_eff - 1).astype(u) << P) + ((trunc + up.astype(u)) << shift)
+    else:
+        up = _directed_up(rounding, neg) & (a != 0)
     mag = jnp.where(shift_true <= P, on_grid, jnp.where(up, min_sub, u(0)))
 
     # 5. the format's conventions
