@@ -28,6 +28,7 @@ Every rounding goes through :func:`fpsim.quantize`, so each step is bit-exact.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, get_args
 
 import jax
@@ -178,6 +179,13 @@ def lp_sum(
     accum = get_format(accum)
     order = _check(accum, order, chunk, rounding, key)
     x = jnp.moveaxis(as_float_array(x, accum), axis, 0)
+    return _lp_sum(x, key, accum, order, chunk, rounding)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _lp_sum(x, key, accum: Format, order: str, chunk: int, rounding: str):
+    # compiled once per (shape, format, order): eagerly, the scans and the pairwise
+    # tree would otherwise dispatch one small computation per step
     x = round_to(x, accum)
     if order == "native":
         return jnp.sum(x, axis=0)

@@ -18,6 +18,7 @@ four roundings bit-exactly, with ``lax.dot_general``'s dimension numbers.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -90,8 +91,18 @@ def lp_dot_general(
     if order is None and products is not None:
         order = "sequential"
     order = _check(accum, order, chunk, rounding, key)
-    lhs = round_to(as_float_array(lhs, inputs), inputs)
-    rhs = round_to(as_float_array(rhs, inputs), inputs)
+    lhs, rhs = as_float_array(lhs, inputs), as_float_array(rhs, inputs)
+    dims = jax.tree_util.tree_map(int, dimension_numbers)
+    dims = tuple(tuple(tuple(d) for d in pair) for pair in dims)
+    return _lp_dot_general(lhs, rhs, key, dims, inputs, products, accum, output, order,
+                           chunk, rounding)  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(3, 11)))
+def _lp_dot_general(lhs, rhs, key, dimension_numbers, inputs, products, accum, output,
+                    order, chunk, rounding):  # fmt: skip
+    # compiled once per configuration: eagerly, every scan step would dispatch alone
+    lhs, rhs = round_to(lhs, inputs), round_to(rhs, inputs)
     if order == "native":
         out = lax.dot_general(lhs, rhs, dimension_numbers,
                               precision=lax.Precision.HIGHEST)  # fmt: skip
