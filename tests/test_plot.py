@@ -192,3 +192,25 @@ def test_figures_are_written_and_deterministic(tmp_path):
         assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="unknown figure"):
         figures.write_figures(tmp_path, only=["nope.png"])
+
+
+def test_binade_estimate_matches_exact_counts_at_the_subnormal_edge():
+    import fpsim
+    from fpsim.plot import band_fractions
+
+    # one value per binade around fp16's smallest subnormal 2^-24 (midpoints, no ties)
+    x = np.float32([0.75 * 2.0**-26, 0.75 * 2.0**-25, 0.75 * 2.0**-24, 1.5 * 2.0**-24])
+    exact = band_fractions(x, fpsim.FP16)
+    estimate = band_fractions(fpsim.log2_histogram(x, lo=-30, hi=0), fpsim.FP16)
+    assert not estimate.exact and exact.exact
+    assert (exact.underflow, exact.subnormal) == (0.5, 0.5)
+    assert (estimate.underflow, estimate.subnormal) == (exact.underflow, exact.subnormal)
+
+
+def test_log_count_axis_keeps_bars_readable():
+    import fpsim
+
+    x = np.float32([2.0**-3] * 1000 + [2.0**-10] * 3)
+    ax = fpsim.plot.range_histogram(x, fpsim.FP16, logy=True)
+    bottom, top = ax.get_ylim()
+    assert ax.get_yscale() == "log" and 0 < bottom < 3 and top >= 1000

@@ -32,7 +32,10 @@ class Report(NamedTuple):
         module path (``"Dense_1"``, ``"block/attn/query"``), with ``#k`` appended for
         the k-th repeated call of the same module.
       weight_grads: ``{param path: ValueCounts}`` of the weight gradients against the
-        policy's ``param_grad`` format (float32 when None); empty unless watching.
+        policy's ``param_grad`` format (float32 when None); empty unless watching. They
+        are classified *after* the backward pass rounded them, so a gradient lost to
+        underflow counts as ``zero`` here, never as ``underflow``: the losses are seen
+        in ``layers[...].grads``, where the float32 cotangent meets the format.
       grad_scales: with adaptive loss scaling, a pytree like the gradients holding the
         scale each gradient leaf is multiplied by (pass it to the optimizer as
         ``grad_scales=``); else None.

@@ -49,6 +49,12 @@ class DelayedScaling:
     and then pushes this step's amax into the history. The state is carried functionally
     (see :class:`fpsim.nn.ScaleState`) and updated every step.
 
+    Warm-up: the history starts empty (scale 1), so the first steps run unscaled. For
+    activation gradients it fills from the top of the network down: a layer's cotangent
+    is only nonzero once the layers above it pass nonzero gradients down, so a deep
+    model needs a few steps (about one per layer at worst) before every gradient tensor
+    is scaled. The newest amax is ``ScaleState.amax_history[0]``.
+
     Attributes:
       history_len: number of past amax values kept per tensor.
       margin: extra headroom in powers of two below the format's max.

@@ -114,7 +114,8 @@ def make_train_step(
     Returns:
       A :class:`TrainStep`. ``metrics`` holds ``loss`` (unscaled), ``accuracy``,
       ``finite`` (all gradients finite), ``loss_scale``, ``grad_underflow`` (fraction of
-      nonzero activation-gradient values lost to underflow, all layers), and with
+      nonzero activation-gradient values lost to underflow, all layers; NaN unless
+      ``watch``), and with
       ``watch`` ``layers`` (``{layer: LayerStats}``) and ``weight_grads``.
 
     Example:
@@ -170,7 +171,8 @@ def make_train_step(
             "accuracy": acc,
             "finite": finite,
             "loss_scale": scale,
-            "grad_underflow": underflow_fraction(report),
+            # without watching there are no statistics: NaN, not a misleading 0
+            "grad_underflow": underflow_fraction(report) if watch else jnp.float32(jnp.nan),
         }
         if watch:
             metrics["layers"] = report.layers
@@ -210,7 +212,7 @@ def train(
       key: PRNG key for initialization, shuffling and stochastic rounding.
       eval_data: ``(x, y)`` to measure the final accuracy on.
       loss_scale: see :func:`make_train_step`.
-      watch: collect gradient statistics (``grad_underflow`` is 0 without them).
+      watch: collect gradient statistics (``grad_underflow`` is NaN without them).
 
     Returns:
       ``{"loss", "accuracy", "finite", "loss_scale", "grad_underflow"}`` as numpy arrays

@@ -30,7 +30,8 @@ class BandFractions(NamedTuple):
       total: the number of values.
       exact: True when computed from the values (rounding to nearest, exact);
         False when estimated from a histogram by binade (a bin counts in the band its
-        lower edge lies in).
+        lower edge lies in, except that the binade just below the smallest subnormal
+        counts as subnormal: rounding to nearest lifts it to min_subnormal).
     """
 
     underflow: float
@@ -44,9 +45,12 @@ class BandFractions(NamedTuple):
 
 
 def _band_of_bins(edges: np.ndarray, fmt: Format) -> np.ndarray:
+    # Rounding to nearest, the binade [min_subnormal/2, min_subnormal) rounds up to
+    # min_subnormal (all of it but its lower edge, a tie that goes to 0): it counts as
+    # subnormal, not as flushed.
     lower = edges[:-1]
     return np.where(
-        lower < math.log2(fmt.min_subnormal),
+        lower < math.log2(fmt.min_subnormal) - 1,
         "underflow",
         np.where(
             lower < fmt.emin,
@@ -211,9 +215,12 @@ def range_histogram(
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
         )
     ax.set_xlim(left, right)
-    ax.set_ylim(top=(max(counts.max(), 1) if counts.size else 1) * (3 if logy else 1.35))
-    if logy:
+    top = (max(counts.max(), 1) if counts.size else 1) * (3 if logy else 1.35)
+    if logy:  # set the scale first: limits set on a linear axis include the bars' 0
         ax.set_yscale("log")
+        ax.set_ylim(0.7, top)
+    else:
+        ax.set_ylim(0, top)
     step = max(1, math.ceil((right - left) / 16))
     ks = [k for k in range(math.ceil(left), math.floor(right) + 1) if k % step == 0]
     ax.set_xticks(ks, [pow2_label(k) for k in ks], fontsize=8)
