@@ -59,7 +59,10 @@ class LpSgdState(NamedTuple):
     key: jax.Array
 
 
-def _svrg_direction(grads, center_grads, full_grad):
+def _svrg_direction(grads, params, center_grads, full_grad):
+    """The variance-reduced direction ``g_i(w) - g_i(w~) + g(w~)``, after the checks."""
+    if params is None:
+        raise ValueError(_common.NO_PARAMS_MSG)
     if center_grads is None or full_grad is None:
         raise ValueError(
             "SVRG and HALP need the extra arguments center_grads= (the sample gradient "
@@ -98,9 +101,7 @@ def svrg(learning_rate: float, epoch_length: int) -> optax.GradientTransformatio
         updates, state, params=None, *, center_grads=None, full_grad=None, **extra
     ):
         del extra
-        if params is None:
-            raise ValueError(_common.NO_PARAMS_MSG)
-        v = _svrg_direction(updates, center_grads, full_grad)
+        v = _svrg_direction(updates, params, center_grads, full_grad)
         new_updates = jax.tree.map(lambda d: -learning_rate * d, v)
         new_params = optax.apply_updates(params, new_updates)
         end = _epoch_end(state.count, epoch_length)
@@ -188,9 +189,7 @@ def halp(
         updates, state, params=None, *, center_grads=None, full_grad=None, **extra
     ):
         del extra
-        if params is None:
-            raise ValueError(_common.NO_PARAMS_MSG)
-        v = _svrg_direction(updates, center_grads, full_grad)
+        v = _svrg_direction(updates, params, center_grads, full_grad)
         start = state.count % epoch_length == 0  # re-scale from the new full gradient
         scale = jax.tree.map(
             lambda f, s: jnp.where(start, jnp.linalg.norm(f) / (mu * levels), s),
