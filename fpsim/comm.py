@@ -29,10 +29,12 @@ topology of the collective is part of the numerics. With ``n`` devices holding
     A float32 reduction buffer: float32 sum in device order, one rounding to ``fmt`` at
     the end (what "accumulate in higher precision" buys).
 
-Each addition is computed as a GPU adds two half-precision numbers: widen to float32,
-add, round the float32 sum to ``fmt``. For formats of at most 11 significant bits
-(FP16, BF16, TF32, every FP8) that is the correctly rounded sum, because float32's 24
-bits are at least ``2p + 2`` (Figueroa 1995). One caveat: XLA on CPU flushes float32
+Each addition is the exact sum rounded once to ``fmt`` in the chosen mode, as hardware
+that adds in ``fmt`` does. It is computed in float32 rounded *to odd* (an error-free
+TwoSum, then an odd last bit for inexact sums; Boldo & Melquiond 2008) and then rounded
+to ``fmt``, which is exact in every mode for formats of at most 21 mantissa bits (FP16,
+BF16, TF32, every FP8); a plain float32 sum rounded again would be right for
+round-to-nearest only (Figueroa 1995). One caveat: XLA on CPU flushes float32
 subnormals, so BF16 sums below ``2**-126`` become 0.
 
 **Stochastic rounding in the reduction.** With ``rounding="stochastic"`` every addition
@@ -83,6 +85,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fpsim.formats import Format, get_format
+from fpsim.numerics._arith import add_round, check_exact_sum
 from fpsim.rounding import FormatLike, as_float_array, check_rounding, quantize
 from fpsim.stats import ValueCounts, value_counts
 
@@ -123,6 +126,8 @@ def _check(fmt, wire_format, order, rounding, key, divide) -> tuple[Format, Form
             f"unknown divide {divide!r}; valid: 'after' (sum, then divide by the device "
             "count) or 'before' (each device divides, then sends)"
         )
+    if order != "fp32_then_round":
+        check_exact_sum(fmt, rounding)
     return fmt, wire
 
 
@@ -133,8 +138,9 @@ def _key(key, *data):
 
 
 def _add(a, b, fmt: Format, rounding: str, key):
-    """``fmt(a + b)``: the float32 sum rounded to ``fmt`` (see the module docstring)."""
-    return quantize(a + b, fmt, rounding, key=key if rounding == "stochastic" else None)
+    """``fmt(a + b)``, the exact sum rounded once (round-to-odd in float32 first, so
+    directed modes are right too: ``2048 + 2**-24`` rounded "up" to FP16 is 2050)."""
+    return add_round(a, b, fmt, rounding, key if rounding == "stochastic" else None)
 
 
 def _add_keyed(a, b, keys, fmt: Format, rounding: str):

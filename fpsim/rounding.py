@@ -72,15 +72,34 @@ def _round_to_odd_f32(x: np.ndarray) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def as_float_array(x, fmt: Format | None = None) -> jax.Array:
+def _directed_f32(x: np.ndarray, rounding: str) -> np.ndarray:
+    """float64 -> float32 rounded toward zero, up or down, on the host."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = x.astype(np.float32)
+        wide = y.astype(np.float64)
+    if rounding == "up":
+        fix, toward = wide < x, np.inf
+    elif rounding == "down":
+        fix, toward = wide > x, -np.inf
+    else:  # toward_zero
+        fix, toward = np.abs(wide) > np.abs(x), 0.0
+    return np.where(fix, np.nextafter(y, np.float32(toward)), y).astype(np.float32)
+
+
+def as_float_array(x, fmt: Format | None = None, rounding: str = "nearest") -> jax.Array:
     """Convert input to a float32 (or, under x64, float64) JAX array, exactly.
 
     Accepts JAX and numpy arrays and Python scalars. Narrow float inputs (float16,
     bfloat16, float8) are widened exactly to float32. Host float64 data with x64 off is
-    converted with round-to-odd, so that rounding it on to ``fmt`` is still correct.
+    converted so that rounding it on to ``fmt`` in ``rounding`` is rounding it once:
+    with round-to-odd for formats of at most 21 mantissa bits; in the same direction
+    for the directed modes; to nearest for round-to-nearest into float32 itself.
 
     Raises:
       TypeError: for integer, boolean or complex arrays.
+      ValueError: for stochastic rounding of float64 host data to a format with 22 or
+        more mantissa bits (float32's own grid): the bits beyond float32 would be lost
+        before the random draw; enable x64 or pass float32.
     """
     if isinstance(x, bool) or (isinstance(x, np.ndarray | jax.Array) and x.dtype == bool):
         raise TypeError("quantize takes floating-point input; got booleans")
@@ -97,10 +116,17 @@ def as_float_array(x, fmt: Format | None = None) -> jax.Array:
     if dtype == np.float64 and not jax.config.jax_enable_x64:
         if isinstance(x, jax.core.Tracer):  # pragma: no cover - cannot happen without x64
             return x.astype(jnp.float32)
-        narrow = fmt is not None and fmt.mantissa_bits <= 21
         host = np.asarray(x)
-        if narrow:
+        if fmt is not None and fmt.mantissa_bits <= 21:
             return jnp.asarray(_round_to_odd_f32(host))
+        if rounding in ("toward_zero", "up", "down"):
+            return jnp.asarray(_directed_f32(host, rounding))
+        if rounding == "stochastic":
+            raise ValueError(
+                f"stochastic rounding of float64 data to {getattr(fmt, 'name', 'fp32')} "
+                "would first round it to float32, losing the bits the random draw needs; "
+                "enable x64 (jax.config.update('jax_enable_x64', True)) or pass float32"
+            )
         with np.errstate(over="ignore"):
             return jnp.asarray(host.astype(np.float32))
     if dtype in (np.float32, np.float64):
@@ -300,7 +326,7 @@ def quantize(
     """
     fmt = get_format(fmt)
     check_rounding(rounding)
-    x = as_float_array(x, fmt)
+    x = as_float_array(x, fmt, rounding)
     c = _bits.carrier_of(x.dtype)
     if random_bits is not None and not (
         isinstance(random_bits, int) and 1 <= random_bits <= c.width

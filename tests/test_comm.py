@@ -350,3 +350,16 @@ def test_data_parallel_under_fpsim_nn_policy(multi):
     for i, leaves in enumerate(per_leaf):
         want = ref_reduce(np.stack(leaves), "bf16", "tree", mean=True)
         assert_bits_equal(multi[f"policy_grads_{i}"], want)
+
+
+def test_directed_rounding_in_the_reduction_is_exact():
+    # 2048 + 2^-24: rounding "up" to FP16 must give 2050; a float32 sum rounded again
+    # lands on 2048 (float32 rounds the tiny addend away before the directed rounding)
+    xs = np.asarray([[2048.0], [2.0**-24]], np.float32)
+    for order in ("sequential", "tree", "ring"):
+        assert float(lp_reduce(xs, "fp16", order=order, rounding="up")[0]) == 2050.0
+        assert (
+            float(lp_reduce(-xs, "fp16", order=order, rounding="toward_zero")[0]) == -2048
+        )
+    with pytest.raises(ValueError, match="cannot be simulated exactly"):
+        lp_reduce(xs, "fp32", order="sequential", rounding="down")

@@ -153,8 +153,9 @@ def test_flax_model_apply():
 def test_policy_validation():
     with pytest.raises(ValueError, match="valid"):
         fpsim.EmulationPolicy(compute="fp17")
-    with pytest.raises(ValueError, match="emulate supports"):
-        fpsim.EmulationPolicy(rounding="stochastic")
+    for mode in ("stochastic", "up", "toward_zero"):  # double rounding would be wrong
+        with pytest.raises(ValueError, match="nearest' only"):
+            fpsim.EmulationPolicy(rounding=mode)
     with pytest.raises(ValueError, match="order"):
         fpsim.Accumulation(order="backwards")
     with pytest.raises(TypeError):

@@ -162,3 +162,28 @@ def test_long_fp16_dot_swamps_and_chunking_repairs():
     assert abs(seq - exact) / exact > 0.3  # stuck near 2048..4096
     assert abs(chunked - exact) / exact < 2e-3
     assert abs(kahan - exact) / exact < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["up", "down", "toward_zero"])
+@pytest.mark.parametrize("fmt", [fpsim.FP16, fpsim.BF16, fpsim.E5M2], ids=str)
+def test_directed_accumulation_matches_exact_reference(fmt, mode):
+    from conftest import ref_round
+
+    vals = grid_values(fmt, 400, seed=7, min_abs=2.0**-120)
+    vals = vals[np.abs(vals) <= fmt.max / 256][:48]
+    acc = Fraction(0)
+    for v in vals:  # the exact sum, rounded once per addition in the mode
+        acc = Fraction(ref_round(acc + Fraction(float(v)), fmt, mode))
+    got = fpsim.lp_sum(vals, accum=fmt, order="sequential", rounding=mode)
+    assert float(got) == float(acc)
+    # the case a float32 intermediate gets wrong: 2048 + 2^-24 rounded up is 2050
+    up = fpsim.lp_sum(np.float32([2048, 2**-24]), accum="fp16", order="sequential",
+                      rounding="up")  # fmt: skip
+    assert float(up) == 2050.0
+
+
+def test_float32_accumulator_refuses_modes_it_cannot_simulate():
+    with pytest.raises(ValueError, match="cannot be simulated exactly"):
+        fpsim.lp_sum(np.ones(4, np.float32), accum="fp32", rounding="up")
+    with pytest.raises(ValueError, match="cannot be simulated exactly"):
+        fpsim.lp_dot(np.ones(4, np.float32), np.ones(4, np.float32), rounding="toward_zero")

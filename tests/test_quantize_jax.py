@@ -114,3 +114,17 @@ def test_unknown_rounding_mode_lists_choices():
         ValueError, match="unknown rounding mode 'nearest_even'.*toward_zero"
     ):
         fpsim.quantize(1.0, "fp16", "nearest_even")
+
+
+def test_float64_host_input_to_float32_in_every_mode():
+    below, above = np.nextafter(np.float32(0.1), np.float32(0)), np.float32(0.1)
+    assert float(np.float32(0.1)) > 0.1  # float32's nearest 0.1 lies above 0.1
+    assert float(fpsim.quantize(0.1, "fp32", "toward_zero")) == float(below)
+    assert float(fpsim.quantize(0.1, "fp32", "down")) == float(below)
+    assert float(fpsim.quantize(0.1, "fp32", "up")) == float(above)
+    assert float(fpsim.quantize(1 + 2**-30, "fp32", "up")) == 1 + 2**-23
+    assert float(fpsim.quantize(-1e300, "fp32", "up")) == -np.finfo(np.float32).max
+    e8m22 = fpsim.Format("e8m22", 8, 22)
+    assert float(fpsim.quantize(1 + 2**-23 + 2**-40, e8m22, "up")) == 1 + 2**-22
+    with pytest.raises(ValueError, match="enable x64"):
+        fpsim.quantize(0.1, "fp32", "stochastic", key=jax.random.key(0))

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fpsim.formats import FP16, Format, get_format
-from fpsim.numerics._arith import add_round, is_float32_format, round_to
+from fpsim.numerics._arith import add_round, check_exact_sum, is_float32_format, round_to
 from fpsim.rounding import FormatLike, as_float_array, check_rounding
 
 Order = Literal["native", "sequential", "pairwise", "chunked", "kahan"]
@@ -59,6 +59,7 @@ def _check(accum: Format, order: str | None, chunk: int, rounding: str, key) -> 
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if rounding == "stochastic" and key is None:
         raise ValueError("stochastic rounding of the accumulator needs key=...")
+    check_exact_sum(accum, rounding)  # e.g. a float32 accumulator rounding "up"
     return order
 
 

@@ -64,10 +64,33 @@ def sum_to_odd(a: jax.Array, b: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(jnp.where(fix, stepped, sb), jnp.float32)
 
 
+def check_exact_sum(fmt: Format, rounding: str) -> None:
+    """Raise unless :func:`add_round` rounds sums to ``fmt`` exactly in ``rounding``.
+
+    Round-to-odd makes the second rounding exact for formats at least two bits narrower
+    than float32 (at most 21 mantissa bits), in every mode. A float32 accumulator is
+    exact for round-to-nearest only (XLA's own addition); other modes would need the
+    sum's error term, which a float32 result cannot carry.
+    """
+    if fmt.mantissa_bits <= 21 or (is_float32_format(fmt) and rounding == "nearest"):
+        return
+    raise ValueError(
+        f"sums rounded to {fmt.name} ({fmt.mantissa_bits} mantissa bits) with "
+        f"rounding={rounding!r} cannot be simulated exactly in float32: use "
+        "rounding='nearest' with a float32 accumulator, or an accumulator of at most "
+        "21 mantissa bits (FP16, BF16, TF32, FP8, ...) for directed or stochastic modes"
+    )
+
+
 def add_round(a, b, fmt: Format, rounding: str = "nearest", key=None) -> jax.Array:
-    """``fmt(a + b)``: the exact sum of two float32 values, rounded once to ``fmt``."""
+    """``fmt(a + b)``: the exact sum of two float32 values, rounded once to ``fmt``.
+
+    Raises:
+      ValueError: where that is not possible in float32 (see :func:`check_exact_sum`).
+    """
     if is_float32_format(fmt) and rounding == "nearest":
         return a + b
+    check_exact_sum(fmt, rounding)
     return quantize(sum_to_odd(a, b), fmt, rounding, key=key)
 
 

@@ -52,8 +52,13 @@ class EmulationPolicy:
 
     Attributes:
       compute: the default format of every floating-point result.
-      rounding: a deterministic rounding mode (stochastic rounding inside arbitrary
-        programs needs keys per operation; use :func:`fpsim.quantizer` for that).
+      rounding: ``"nearest"``, the only mode simulated exactly here: a result is
+        computed in float32 (rounded to nearest) and then rounded to ``compute``, and
+        that double rounding is innocuous for round-to-nearest only (Figueroa 1995). A
+        directed mode would be off by an ulp whenever float32's rounding lands on the
+        narrow grid (``2048 + 2**-24`` rounded "up" to FP16 must give 2050). For
+        directed or stochastic rounding use :func:`fpsim.quantize`,
+        :func:`fpsim.quantizer` or :func:`fpsim.lp_sum` / :func:`fpsim.lp_dot`.
       overrides: per-primitive formats, ``{"exp": None}`` keeps ``exp`` in float32;
         ``{"tanh": "bf16"}`` rounds it to BF16. A dict is accepted and stored as a
         sorted tuple of pairs so the policy stays hashable.
@@ -72,8 +77,13 @@ class EmulationPolicy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "compute", get_format(self.compute))
         check_rounding(self.rounding)
-        if self.rounding == "stochastic":
-            raise ValueError("emulate supports 'nearest', 'toward_zero', 'up', 'down'")
+        if self.rounding != "nearest":
+            raise ValueError(
+                f"emulate simulates rounding='nearest' only, got {self.rounding!r}: "
+                "computing in float32 and rounding again is exact for round-to-nearest "
+                "but not for directed or stochastic modes; use fpsim.quantize, "
+                "fpsim.quantizer or fpsim.lp_sum/lp_dot for those"
+            )
         items = (
             self.overrides.items()
             if isinstance(self.overrides, Mapping)
