@@ -3,9 +3,11 @@
 Why computing in float32 and rounding is enough (mostly): for the basic operations
 ``+ - * / sqrt`` on operands with ``p`` significant bits, rounding the exact result to
 float32 (24 bits) and then to the ``p``-bit format gives the correctly rounded result
-whenever ``24 >= 2p + 2`` (Figueroa 1995, "When is double rounding innocuous?"). That
-covers every format with at most 11 mantissa bits... almost: FP16 has ``p = 11`` and
-``2p + 2 = 24``, exactly float32's precision.
+whenever ``24 >= 2p + 2`` (Figueroa 1995, "When is double rounding innocuous?"), for
+round-to-nearest. That covers every format of at most 11 significant bits (10 stored
+mantissa bits): FP16 has ``p = 11`` and ``2p + 2 = 24``, exactly float32's precision;
+BF16, TF32 and the FP8s have fewer. Directed modes get no such guarantee: see
+:func:`add_round` for sums.
 
 The argument assumes the float32 intermediate neither overflows nor underflows. BF16
 has float32's exponent range, so a BF16 result can be a float32 subnormal, and XLA on

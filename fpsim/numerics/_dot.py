@@ -72,7 +72,7 @@ def lp_dot_general(
         free dims, then rhs free dims.
       inputs: format the operands are rounded to first (None: as given).
       products: format each product is rounded to (None: kept exact in float32, which
-        it is for inputs of at most 11 mantissa bits, away from under/overflow).
+        it is for inputs of at most 12 significant bits, away from under/overflow).
       accum: the accumulator's format.
       output: format of the result (None: the accumulator's value).
       order: accumulation order (see :func:`fpsim.lp_sum`); default ``"native"`` (XLA's

@@ -328,7 +328,7 @@ def emulate(fn, policy: EmulationPolicy | FormatLike | None = None, **policy_kwa
       ``.report`` lists every primitive met and how it was treated; primitives fpsim
       has no rule for are computed in float32, rounded, and listed as unknown.
 
-    Precision notes: ``+ - * / sqrt`` of operands on a grid of at most 11 mantissa bits,
+    Precision notes: ``+ - * / sqrt`` of operands of at most 11 significant bits,
     computed in float32 and rounded, are correctly rounded (see ``_arith``); BF16
     results below ``2**-126`` are flushed to zero on CPU. Transcendentals are XLA's
     float32 approximations, rounded once.
