@@ -109,6 +109,28 @@ def test_pure_fp16_stores_weights_in_fp16():
     )
 
 
+class DenseNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(nn.LayerNorm()(nn.Dense(16)(x)))
+
+
+@pytest.mark.parametrize("pattern", ["*Norm", "LayerNorm_0"])
+def test_pure_fp16_storage_honours_class_and_path_overrides(pattern):
+    # a class-name pattern, the form the presets use, exempts the norm from FP16 storage
+    # just as a path pattern does
+    policy = fpsim.nn.get_policy("fp16_pure").with_overrides((pattern, "float32"))
+    ts = fpsim.nn.make_train_step(DenseNorm(), policy, optax.sgd(0.1), watch=False)
+    state = ts.init(jax.random.key(0), XB)
+    for _ in range(3):
+        state, _ = ts.step(state, (XB, YB))
+    for name in ("Dense_0", "Dense_1"):
+        for p in jax.tree.leaves(state.params[name]):
+            np.testing.assert_array_equal(fpsim.quantize(p, "fp16"), p)
+    norm = jax.tree.leaves(state.params["LayerNorm_0"])
+    assert any((fpsim.quantize(p, "fp16") != p).any() for p in norm)
+
+
 TINY = 2.0**-20  # gradients 2**20 smaller than usual, as in a large model late in training
 
 

@@ -19,7 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fpsim.nn._apply import init_state, param_paths, underflow_fraction, value_and_grad
+from fpsim.nn._apply import (
+    _classes,
+    discover,
+    init_state,
+    param_paths,
+    underflow_fraction,
+    value_and_grad,
+)
 from fpsim.nn._context import LAYER_NAMES
 from fpsim.nn._policy import Policy, as_policy
 from fpsim.rounding import quantize
@@ -76,7 +83,12 @@ def _model_fns(model, layers):
 
 
 def store(params, policy: Policy, classes=None):
-    """Round each weight to its storage format (pure low precision; identity if None)."""
+    """Round each weight to its storage format (pure low precision; identity if None).
+
+    ``classes`` maps module paths to class names (``{"LayerNorm_0": "LayerNorm"}``) so
+    that class-name overrides such as ``("*Norm", "float32")`` apply; without it only
+    path patterns match.
+    """
     flat, tree = jax.tree_util.tree_flatten(params)
     out = []
     for (_, owner, _, leaf), _ in zip(param_paths(params), flat, strict=True):
@@ -138,11 +150,17 @@ def make_train_step(
 
     vg = value_and_grad(objective, policy, watch=watch, has_aux=True, layers=layers)
 
+    def module_classes(params, x, y, scale) -> dict[str, str]:
+        # {module path: class name}, so that class-name overrides ("*Norm") decide the
+        # storage format as they decide everything else (an abstract trace, no compute)
+        return _classes(discover(objective, policy, params, x, y, scale, layers=layers))
+
     def init(key, x) -> TrainState:
         key, sub = jax.random.split(key)
-        params = store(init_params(sub, x), policy)
-        pstate = init_state(objective, policy, params, x, jnp.zeros(x.shape[:1], jnp.int32),
-                            jnp.ones((), jnp.float32), layers=layers)  # fmt: skip
+        raw = init_params(sub, x)
+        y0, one = jnp.zeros(x.shape[:1], jnp.int32), jnp.ones((), jnp.float32)
+        params = store(raw, policy, module_classes(raw, x, y0, one))
+        pstate = init_state(objective, policy, params, x, y0, one, layers=layers)
         return TrainState(
             params, optimizer.init(params), pstate, jnp.zeros((), jnp.int32), key
         )
@@ -162,7 +180,8 @@ def make_train_step(
         loss, acc = report.aux
         extra = {} if report.grad_scales is None else {"grad_scales": report.grad_scales}
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
-        params = store(optax.apply_updates(state.params, updates), policy)
+        classes = module_classes(state.params, x, y, scale)
+        params = store(optax.apply_updates(state.params, updates), policy, classes)
         finite = jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
