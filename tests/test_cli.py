@@ -53,6 +53,66 @@ def test_explain_overflow_and_underflow(capsys):
     assert "stored     NaN" in out and "overflow" in out
 
 
+def _stochastic_line(out):
+    return next(ln for ln in out.splitlines() if ln.strip().startswith("stochastic"))
+
+
+def _sr_overflow_frequency(value, fmt, n=20000):
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.full((n,), value, jnp.float32)
+    q = np.asarray(fpsim.quantize(x, fmt, "stochastic", key=jax.random.key(7)))
+    return float(np.mean(~np.isfinite(q))), n
+
+
+@pytest.mark.parametrize(
+    "value, fmt, p_over",
+    [
+        ("450", "e4m3", Fraction(1, 16)),  # (450 - 448) / 32: the next value would be 480
+        ("-450", "e4m3", Fraction(1, 16)),
+        ("65520", "fp16", Fraction(1, 2)),  # 65504 or inf, 50/50
+        ("470", "e4m3", Fraction(22, 32)),
+        ("240.5", "e4m3fnuz", Fraction(1, 32)),
+    ],
+)
+def test_explain_stochastic_overflow_probability(capsys, value, fmt, p_over):
+    code, out, _ = run(capsys, "explain", value, "--format", fmt)
+    line = _stochastic_line(out)
+    assert code == 0 and "no choice" not in line, line
+    mx = decimal(Fraction(fpsim.get_format(fmt).max))
+    over = "+inf" if fmt == "fp16" else "NaN"
+    assert f"{mx} with probability {decimal(1 - p_over)}" in line, line
+    assert f"overflow to {over}" in line and f"probability {decimal(p_over)}" in line, line
+    freq, n = _sr_overflow_frequency(float(Fraction(value)), fmt)
+    sigma = float(np.sqrt(float(p_over * (1 - p_over)) / n))
+    assert abs(freq - float(p_over)) < 5 * sigma, (freq, p_over)
+
+
+@pytest.mark.parametrize(
+    "value, fmt, stored",
+    [
+        ("480", "e4m3", "NaN"),  # at or past max + ulp(max): always overflows
+        ("70000", "fp16", "+inf"),
+        ("7", "e2m1", "6"),  # no inf or NaN: overflow clamps to max
+        ("500", "e4m3_sat", "480"),
+    ],
+)
+def test_explain_stochastic_without_a_choice(capsys, value, fmt, stored):
+    _, out, _ = run(capsys, "explain", value, "--format", fmt)
+    assert f"stochastic     {stored}  (no choice to make)" in _stochastic_line(out)
+    freq, _ = _sr_overflow_frequency(float(value), fmt, n=2000)
+    assert freq == (0.0 if stored[-1].isdigit() else 1.0)
+
+
+def test_explain_malformed_bit_pattern(capsys):
+    for bad in ("0x_", "0b__", "0x1__2"):
+        code, _, err = run(capsys, "explain", bad, "--format", "fp16")
+        assert code == 2, bad
+        assert "malformed hex" in err or "malformed binary" in err, err
+        assert bad in err and "int()" not in err and len(err.splitlines()) == 1
+
+
 def test_explain_negative_and_special_values(capsys):
     _, out, _ = run(capsys, "explain", "-1e-8", "--format", "e4m3")
     assert "stored     -0 " in out

@@ -41,7 +41,14 @@ def parse_value(text: str) -> Num | int:
     """A decimal (``0.1``, ``-1e-8``, ``1/3``), ``inf``/``nan``, or a bit pattern (int)."""
     t = text.strip()
     if _PATTERN.fullmatch(t):
-        return int(t, 0)
+        try:
+            return int(t, 0)
+        except ValueError:
+            base = "hex" if t[1] in "xX" else "binary"
+            raise CliError(
+                f"malformed {base} bit pattern {text!r}: give digits after the prefix, "
+                "with '_' only between them (0x3c00, 0x3c_00, 0b0011_1000)"
+            ) from None
     try:
         x = Fraction(t)
         return Num(t.startswith("-"), abs(x))
@@ -161,12 +168,26 @@ def explain(value: Num | int, fmt: Format) -> str:
             note = "   (ties to even; the default)" if mode == "nearest" else ""
             line = f"  {mode:<13}  {show(v)}  ({_hex(code_of(v, fmt), fmt)}){note}"
             out.append(line)
-        out.append("  " + _stochastic(x, results))
+        out.append("  " + _stochastic(x, results, fmt))
     return "\n".join(out)
 
 
-def _stochastic(x: Num, results: dict[str, Num]) -> str:
+def _stochastic(x: Num, results: dict[str, Num], fmt: Format) -> str:
     lo, hi = results["down"], results["up"]
+    if x.finite and lo.finite != hi.finite:
+        # one neighbour overflowed: stochastic rounding draws against the virtual next
+        # value max + ulp(max) (as fpsim.quantize does), so it overflows with probability
+        # (|x| - max) / ulp(max) as long as |x| < max + ulp(max)
+        near, over = (lo, hi) if lo.finite else (hi, lo)
+        p_over = (x.mag - near.mag) / ulp_exact(near, fmt)
+        if p_over < 1:
+            virtual = near.mag + ulp_exact(near, fmt)
+            return (
+                f"{'stochastic':<13}  {show(near)} with probability {brief(1 - p_over, 10)}"
+                f", overflow to {show(over)} with probability {brief(p_over, 10)} (as if "
+                f"the next value were {'-' if x.neg else ''}{decimal(virtual)})"
+            )
+        return f"{'stochastic':<13}  {show(over)}  (no choice to make)"
     if not (x.finite and lo.finite and hi.finite) or lo.value == hi.value:
         return f"{'stochastic':<13}  {show(results['nearest'])}  (no choice to make)"
     p_hi = (x.value - lo.value) / (hi.value - lo.value)
