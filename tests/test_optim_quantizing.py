@@ -31,6 +31,19 @@ def test_quantize_updates_rounds_and_counts():
     assert (int(state.total_underflow), int(state.total_overflow)) == (2, 4)
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "toward_zero"])
+def test_quantize_updates_counts_flushed_subnormals_as_underflow(rounding):
+    # 1e-6 and 3e-7 are FP16 subnormals: flushed with subnormals=False, they are lost too
+    g = jnp.array([1e-6, 3e-7, 1.0, 1e-9, -1e-6, 0.0, jnp.inf])
+    opt = fpsim.optim.quantize_updates("fp16", rounding, subnormals=False)
+    q, state = jax.jit(opt.update)(g, opt.init(g))
+    np.testing.assert_array_equal(q[:6], [0, 0, 1, 0, 0, 0])
+    assert int(state.underflow) == 4
+    assert int(state.overflow) == 0
+    keep = fpsim.optim.quantize_updates("fp16", rounding)  # with subnormals: only 1e-9
+    assert int(keep.update(g, keep.init(g))[1].underflow) == 1
+
+
 def test_quantize_updates_stochastic_is_reproducible_and_counts():
     g = jnp.full((1000,), 1.0 + 2**-9)  # a quarter of the way from 1 to 1 + 2**-7 in bf16
     opt = fpsim.optim.quantize_updates("bf16", "stochastic", key=jax.random.key(3))

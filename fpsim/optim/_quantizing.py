@@ -58,17 +58,18 @@ class QuantizeUpdatesState(NamedTuple):
     total_overflow: jax.Array
 
 
-def _under_over(x, q, fmt, rounding):
+def _under_over(x, q, fmt, rounding, subnormals=True):
     """(underflow, overflow) counts for one leaf rounded from x to q."""
-    if rounding != "stochastic":  # exact classification from fpsim.stats
-        c = stats.value_counts(x, fmt, rounding)
-        return c.underflow, c.overflow
     ax, aq = _common.abs_bits(x), _common.abs_bits(q)
     finite = ax < jnp.uint32(0x7F800000)
-    under = finite & (ax != 0) & (aq == 0)
+    # counted on the result: value_counts knows nothing of flushed subnormals
+    under = jnp.sum(finite & (ax != 0) & (aq == 0)).astype(jnp.int32)
+    if rounding != "stochastic":  # exact classification from fpsim.stats
+        c = stats.value_counts(x, fmt, rounding)
+        return (c.underflow if subnormals else under), c.overflow
     max_bits = jnp.uint32(_common.f32_bits(fmt.max))
     over = finite & ((aq > max_bits) | ((aq == max_bits) & (ax > max_bits)))
-    return jnp.sum(under).astype(jnp.int32), jnp.sum(over).astype(jnp.int32)
+    return under, jnp.sum(over).astype(jnp.int32)
 
 
 def quantize_updates(
@@ -85,7 +86,9 @@ def quantize_updates(
     Counts are per update: ``underflow`` (nonzero entries that became 0) and
     ``overflow`` (finite entries beyond ``fmt.max``: they became inf/NaN, or ``+-max``
     with ``saturate=True``). With deterministic modes the counts are those of
-    :func:`fpsim.value_counts`; with stochastic rounding they are counted on the result.
+    :func:`fpsim.value_counts`; with stochastic rounding, and for ``underflow`` with
+    ``subnormals=False`` (flushed subnormals are lost too), they are counted on the
+    result.
 
     Args:
       fmt: the format (a :class:`fpsim.Format` or a name).
@@ -112,7 +115,8 @@ def quantize_updates(
         under = over = jnp.zeros((), jnp.int32)
         for x, y in zip(jax.tree.leaves(updates), jax.tree.leaves(q), strict=True):
             if _common.is_float(x):
-                u, o = _under_over(jnp.asarray(x, jnp.float32), y, fmt, rounding)
+                x32 = jnp.asarray(x, jnp.float32)
+                u, o = _under_over(x32, y, fmt, rounding, subnormals)
                 under, over = under + u, over + o
         new_state = QuantizeUpdatesState(
             state.count + 1,
