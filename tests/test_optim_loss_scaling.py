@@ -279,10 +279,26 @@ def test_saturation_detected_or_documented_as_missed():
 def test_underflow_fraction_shows_what_scaling_rescues():
     g = jnp.array([1e-9, 1e-3, 2e-9, 0.0])
     params = jnp.zeros(4)
-    for scale, want in [(1.0, 0.5), (2.0**16, 0.0)]:
+    for scale, want in [(1.0, 2 / 3), (2.0**16, 0.0)]:  # 2 of the 3 nonzero entries
         opt = fpsim.optim.static_loss_scaling(optax.sgd(1.0), scale, fmt="fp16")
         _, s = opt.update(g * scale, opt.init(params), params)
-        assert float(s.underflow_fraction) == want
+        assert float(s.underflow_fraction) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    "g, want",
+    [
+        ([1e-9, 0.0, 0.0, 0.0], 1.0),  # the only nonzero entry is lost
+        ([0.0, 0.0, 0.0, 0.0], 0.0),  # nothing nonzero: nothing lost
+        ([1e-9, jnp.inf, 0.0, 1.0], 0.5),  # inf is neither nonzero-finite nor lost
+    ],
+)
+def test_underflow_fraction_is_over_nonzero_finite_entries(g, want):
+    # as documented, and as fpsim.nn.underflow_fraction: zeros do not dilute it
+    params = jnp.zeros(4)
+    opt = fpsim.optim.static_loss_scaling(optax.sgd(1.0), 1.0, fmt="fp16")
+    _, s = jax.jit(opt.update)(jnp.array(g), opt.init(params), params)
+    assert float(s.underflow_fraction) == want
 
 
 def test_bad_input_errors():
@@ -292,3 +308,33 @@ def test_bad_input_errors():
         fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), growth_interval=0)
     with pytest.raises(ValueError, match="no LossScalingState"):
         fpsim.optim.current_loss_scale(optax.sgd(0.1).init(jnp.ones(1)))
+
+
+@pytest.mark.parametrize(
+    "name, value, valid",
+    [
+        ("growth_interval", 2.5, "an int >= 1"),
+        ("growth_interval", True, "an int >= 1"),
+        ("growth_interval", 0, "an int >= 1"),
+        ("growth_interval", -3, "an int >= 1"),
+        ("growth_factor", 1.0, "> 1"),
+        ("growth_factor", 0.5, "> 1"),
+        ("backoff_factor", 1.0, "0 < backoff_factor < 1"),
+        ("backoff_factor", 2.0, "0 < backoff_factor < 1"),
+        ("backoff_factor", 0.0, "0 < backoff_factor < 1"),
+        ("backoff_factor", -0.5, "0 < backoff_factor < 1"),
+    ],
+)
+def test_dynamic_loss_scaling_rejects_factors_that_break_the_rule(name, value, valid):
+    # PyTorch's GradScaler: growth_factor > 1, 0 < backoff_factor < 1; a non-integer
+    # (or bool) interval would never equal the integer step counter: no growth, ever
+    with pytest.raises(ValueError) as err:
+        fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), **{name: value})
+    msg = str(err.value)
+    assert name in msg and repr(value) in msg and valid in msg, msg
+
+
+def test_dynamic_loss_scaling_accepts_valid_factors():
+    for kw in ({"growth_interval": 1}, {"growth_factor": 1.5, "backoff_factor": 0.25}):
+        fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), **kw)
+    fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), growth_interval=np.int64(5))

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -121,6 +122,12 @@ def _loss_scaling(
     def update_fn(updates, state, params=None, *, grad_scales=None, **extra_args):
         scaled = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), updates)
         under = jnp.zeros((), jnp.int32)
+        # the denominator of underflow_fraction: nonzero finite scaled entries (zeros
+        # cannot be lost, as in fpsim.nn.underflow_fraction)
+        nonzero = sum(
+            jnp.sum((_common.abs_bits(g) != 0) & jnp.isfinite(g))
+            for g in jax.tree.leaves(scaled)
+        )
         if fmt is not None:  # simulate storing the scaled gradients in fmt
             stored = jax.tree.map(lambda g: quantize(g, fmt, saturate=saturate), scaled)
             under = sum(
@@ -181,7 +188,7 @@ def _loss_scaling(
             count=state.count + 1,
             skipped=state.skipped + (~finite).astype(jnp.int32),
             nonfinite_fraction=(nbad / total).astype(jnp.float32),
-            underflow_fraction=(under / total).astype(jnp.float32),
+            underflow_fraction=(under / jnp.maximum(nonzero, 1)).astype(jnp.float32),
             last_finite=finite,
             inner_state=new_inner,
         )
@@ -238,9 +245,9 @@ def dynamic_loss_scaling(
       inner: the optimizer that receives the unscaled gradients.
       variant: ``"pytorch"`` (default), ``"keras"``, ``"flax"`` or ``"jmp"``.
       init_scale: initial scale; default the variant's (2**16 or 2**15).
-      growth_factor: scale multiplier after ``growth_interval`` finite steps.
-      backoff_factor: scale multiplier on a non-finite step.
-      growth_interval: consecutive finite steps before the scale grows.
+      growth_factor: scale multiplier after ``growth_interval`` finite steps (> 1).
+      backoff_factor: scale multiplier on a non-finite step (0 < backoff_factor < 1).
+      growth_interval: consecutive finite steps before the scale grows (an int >= 1).
       min_scale: lower bound after a backoff; ``"variant"`` uses the variant's (none for
         pytorch and keras, ``2**-126`` for flax, 1 for jmp), ``None`` means no bound.
       fmt: if given, the scaled gradients are rounded to this format (nearest) before
@@ -253,7 +260,8 @@ def dynamic_loss_scaling(
       A :class:`optax.GradientTransformationExtraArgs` with :class:`LossScalingState`.
 
     Raises:
-      ValueError: unknown variant or invalid factors.
+      ValueError: unknown variant, or a factor or interval out of its range (as in
+        PyTorch's ``GradScaler``).
 
     References:
       Micikevicius et al., "Mixed Precision Training", ICLR 2018.
@@ -266,12 +274,8 @@ def dynamic_loss_scaling(
     min_scale = defaults["min_scale"] if isinstance(min_scale, str) else min_scale
     if isinstance(min_scale, str):
         raise ValueError("min_scale must be a number, None or 'variant'")
-    _check_positive(
-        init_scale=init_scale,
-        growth_factor=growth_factor,
-        backoff_factor=backoff_factor,
-        growth_interval=growth_interval,
-    )
+    _check_positive(init_scale=init_scale)
+    _check_dynamic(growth_factor, backoff_factor, growth_interval)
 
     def adjust(scale, tracker, finite):
         return _grow_shrink(
@@ -332,6 +336,31 @@ def _check_positive(**values) -> None:
     for name, v in values.items():  # arrays (e.g. from inject_hyperparams) pass through
         if isinstance(v, int | float) and not v > 0:
             raise ValueError(f"{name} must be positive, got {v!r}")
+
+
+def _check_dynamic(growth_factor, backoff_factor, growth_interval) -> None:
+    """PyTorch GradScaler's ranges; arrays (e.g. from inject_hyperparams) pass through."""
+    bools = (bool, np.bool_)
+
+    def real(v):
+        return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
+            v, bools
+        )
+
+    if isinstance(growth_factor, bools) or (real(growth_factor) and not growth_factor > 1):
+        raise ValueError(f"growth_factor must be > 1 (to grow), got {growth_factor!r}")
+    if isinstance(backoff_factor, bools) or (
+        real(backoff_factor) and not 0 < backoff_factor < 1
+    ):
+        raise ValueError(
+            "backoff_factor must satisfy 0 < backoff_factor < 1 (to shrink), got "
+            f"{backoff_factor!r}"
+        )
+    # a float or bool interval never equals the integer counter: the scale never grows
+    if isinstance(growth_interval, (*bools, float, np.floating)) or (
+        real(growth_interval) and not growth_interval >= 1
+    ):
+        raise ValueError(f"growth_interval must be an int >= 1, got {growth_interval!r}")
 
 
 def loss_scaling_state(opt_state) -> LossScalingState:
