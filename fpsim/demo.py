@@ -262,10 +262,14 @@ def figures(results) -> dict[str, Any]:
 
     pure = by_name["fp16 (no loss scaling)"]
     fig, ax = new_figure(figsize=(8, 3.5))
+    names = list(pure.layer_underflow)
+    rows = {
+        f"{k} (logits)" if k == names[-1] else k: v for k, v in pure.layer_underflow.items()
+    }
     fpsim.plot.underflow_heatmap(
-        pure.layer_underflow,
+        rows,
         ax=ax,
-        label="activation gradients flushed to zero",
+        label="share of the layer's output gradient\nflushed to zero",
         title="Pure FP16, no loss scaling: gradients lost per layer as training converges",
     )
     out["demo_underflow_per_layer.png"] = fig
