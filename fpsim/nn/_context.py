@@ -70,6 +70,11 @@ def is_active(pol: Policy, watch: bool) -> bool:
     return watch or not pol.is_float32 or pol.adaptive is not None
 
 
+def _uses_stochastic(policy: Policy) -> bool:
+    pols = (policy, *(pol for _, pol in policy.overrides))
+    return any("stochastic" in (p.rounding, p.grad_rounding) for p in pols)
+
+
 class Run:
     """One traced application of a policy.
 
@@ -91,7 +96,9 @@ class Run:
         self.diff = diff or {}
         self.states = states or {}
         self.watch = watch
-        self.key = key
+        # keys are derived per boundary only when some rounding is stochastic: the
+        # fold_in/split per layer would otherwise be work without a purpose
+        self.key = key if _uses_stochastic(policy) else None
         self.layers = tuple(layers)
         self.sites: dict[str, Site] = {}
         self.calls: dict[str, int] = {}

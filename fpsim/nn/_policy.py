@@ -202,15 +202,16 @@ def _presets() -> dict[str, Policy]:
     norms_fp32 = (("*Norm", fp32), ("Embed", fp32))
     return {
         "float32": fp32,
-        # Micikevicius et al. 2017: FP16 everywhere, float32 master weights (+ loss scaling
-        # in the optimizer)
+        # Micikevicius et al. 2017: FP16 compute, float32 master weights (+ loss scaling
+        # in the optimizer); normalization layers stay in float32, as in the paper and as
+        # PyTorch's autocast runs layer_norm/batch_norm
         "fp16_mixed": Policy(
             name="fp16_mixed", param="fp16", compute="fp16", output="fp16", grad="fp16",
-            param_grad="fp16",
+            param_grad="fp16", overrides=norms_fp32,
         ),
         "bf16_mixed": Policy(
             name="bf16_mixed", param="bf16", compute="bf16", output="bf16", grad="bf16",
-            param_grad="bf16",
+            param_grad="bf16", overrides=norms_fp32,
         ),
         # no master weights: the weights themselves are stored in FP16
         "fp16_pure": Policy(
