@@ -60,6 +60,19 @@ F32 = Carrier(jnp.float32, jnp.uint32, 32, 23, 127)
 F64 = Carrier(jnp.float64, jnp.uint64, 64, 52, 1023)
 
 
+def grid_shift(big_e: jnp.ndarray, fmt, c: Carrier) -> jnp.ndarray:
+    """How many low bits of a value's significand fall below ``fmt``'s grid (int32).
+
+    A finite carrier value with biased exponent field ``E`` is ``sig * 2**(max(E, 1) -
+    bias - P)``. ``fmt``'s grid there has spacing ``2**(max(e, emin) - m)``: the
+    exponent stops falling at ``emin``, which is what makes the subnormals. The ratio
+    of the two spacings is ``2**shift`` with
+    ``shift = max(P - m, (emin - m + bias + P) - max(E, 1))``.
+    """
+    m, P = fmt.mantissa_bits, c.mant
+    return jnp.maximum(P - m, fmt.emin - m + c.bias + P - jnp.maximum(big_e, 1))
+
+
 def carrier_of(dtype) -> Carrier:
     """The carrier for an input dtype (float64 only when JAX's x64 mode is on)."""
     return F64 if jnp.dtype(dtype) == jnp.float64 else F32

@@ -46,7 +46,7 @@ def _encode_f32(q, fmt: Format):
     e_eff = jnp.maximum(big_e, 1)
     sig = (a & u((1 << P) - 1)) | jnp.where(big_e > 0, u(1 << P), u(0))
     # q is on fmt's grid, so dropping `shift` bits loses nothing (see rounding.py)
-    shift = jnp.maximum(P - m, fmt.emin - m + c.bias + P - e_eff).astype(u)
+    shift = _bits.grid_shift(big_e, fmt, c).astype(u)
     n = (sig >> jnp.minimum(shift, u(c.width - 1))).astype(jnp.uint32)
     field = jnp.maximum(e_eff - c.bias - fmt.emin, 0).astype(jnp.uint32)
     code = sign | ((field << m) + n)  # n carries the implicit 1 into the field

@@ -184,7 +184,7 @@ def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals:
                 random_bits: int | None):  # fmt: skip
     c = _bits.carrier_of(x.dtype)
     u = c.uint
-    P, W, m = c.mant, c.width, fmt.mantissa_bits
+    P, W = c.mant, c.width
     one = u(1)
 
     bits = c.to_bits(x)
@@ -192,10 +192,9 @@ def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals:
     neg = sign != 0
     a = bits & u(c.abs_mask)
 
-    # 1.-2. the grid's spacing at |x| is 2**shift units of x's own last place:
-    #       shift = max(P - m, (emin - m + bias + P) - max(E, 1))
+    # 1.-2. the grid's spacing at |x| is 2**shift units of x's own last place
     big_e = (a >> P).astype(jnp.int32)
-    shift_true = jnp.maximum(P - m, fmt.emin - m + c.bias + P - jnp.maximum(big_e, 1))
+    shift_true = _bits.grid_shift(big_e, fmt, c)
     # 3. With shift <= P, rounding |x|'s bit pattern itself to a multiple of 2**shift
     #    is rounding the value: the implicit 1 (2**P) is a multiple of 2**shift, and a
     #    carry out of the mantissa lands on the next binade's first value.
