@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fpsim.formats import Format, get_format
-from fpsim.plot._style import BANDS, new_axes, pow2_label
+from fpsim.plot._style import BANDS, band_span, new_axes, pow2_label
 from fpsim.stats import Log2Histogram, log2_histogram, value_counts
 
 
@@ -168,18 +168,8 @@ def range_histogram(
         "overflow": (cuts[2], right),
     }
     for i, (name, (a, b)) in enumerate(spans.items()):
-        label, color, hatch = BANDS[name]
-        ax.axvspan(
-            a,
-            b,
-            facecolor=color,
-            alpha=0.3,
-            hatch=hatch,
-            edgecolor=color,
-            linewidth=0,
-            gid=f"band:{name}",
-            zorder=1,
-        )
+        label, color, _ = BANDS[name]
+        band_span(ax, name, a, b, alpha=0.3, zorder=1)
         if b <= left or a >= right:
             continue
         a, b = max(a, left), min(b, right)

@@ -9,7 +9,7 @@ import numpy as np
 
 from fpsim.codec import all_values
 from fpsim.formats import Format, get_format
-from fpsim.plot._style import BANDS, number_label, pow2_label
+from fpsim.plot._style import band_span, number_label, pow2_label
 
 _OVERFLOW_GOES_TO = {
     "ieee": "overflow: rounds to ±inf",
@@ -103,23 +103,11 @@ def number_line(fmt: Format | str, *, ax=None, title: str | None = None, legend=
         "overflow": _OVERFLOW_GOES_TO[fmt.convention],
     }
     for name, pieces in spans.items():
-        _, color, hatch = BANDS[name]
         for i, (a, b) in enumerate(pieces):
             if fmt.mantissa_bits == 0 and name == "subnormal":
                 break
-            ax.axvspan(
-                a,
-                b,
-                ymin=0.2,
-                ymax=0.6,
-                facecolor=color,
-                alpha=0.25,
-                hatch=hatch,
-                edgecolor=color,
-                linewidth=0,
-                gid=f"band:{name}",
-                label=None if i else labels[name],
-            )
+            label = None if i else labels[name]
+            band_span(ax, name, a, b, ymin=0.2, ymax=0.6, alpha=0.25, label=label)
     for kind in ("normal", "subnormal", "zero"):
         sel = data.kinds == kind
         label, color, marker, size = _KIND_STYLE[kind]

@@ -32,6 +32,18 @@ BANDS = {
 }
 
 
+def band_span(ax, name: str, a: float, b: float, **kwargs):
+    """Shade ``[a, b]`` as the band ``name`` of :data:`BANDS` (colour, hatch, gid).
+
+    The gid ``"band:<name>"`` lets tests read the drawn band edges back.
+    """
+    _, color, hatch = BANDS[name]
+    return ax.axvspan(
+        a, b, facecolor=color, hatch=hatch, edgecolor=color, linewidth=0,
+        gid=f"band:{name}", **kwargs,
+    )  # fmt: skip
+
+
 def style(i: int) -> dict:
     """Line colour, line style and marker of the i-th series."""
     return {
