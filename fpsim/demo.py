@@ -108,6 +108,7 @@ def _train_one(name, policy, optimizer, loss_scale, data, test, steps, seed, pro
 
     import fpsim
     import fpsim.nn
+    from fpsim.nn._stats import nonzero_fraction_lost
 
     x, y = (jnp.asarray(a) for a in data)
     ts = fpsim.nn.make_train_step(_mlp(), policy, optimizer, loss_scale=loss_scale)
@@ -129,9 +130,8 @@ def _train_one(name, policy, optimizer, loss_scale, data, test, steps, seed, pro
         rec["finite"].append(bool(metrics["finite"]))
         rec["under"].append(float(metrics["grad_underflow"]))
         for layer, st in metrics["layers"].items():
-            c = st.grads.counts
-            nonzero = int(c.underflow + c.subnormal + c.normal + c.overflow)
-            layers.setdefault(layer, []).append(int(c.underflow) / max(nonzero, 1))
+            lost = nonzero_fraction_lost(st.grads.counts)
+            layers.setdefault(layer, []).append(float(lost))
         progress.update(1)
     forward = jax.jit(lambda p, s, v: fpsim.nn.apply(ts.apply_fn, policy, p, v, state=s))
     logits = forward(state.params, state.policy_state, jnp.asarray(test[0]))
@@ -229,18 +229,13 @@ def _crop(hist, lo: int, hi: int):
 
 def figures(results) -> dict[str, Any]:
     """The demo's figures, by file name."""
-    from matplotlib.figure import Figure
-
     import fpsim
     import fpsim.plot
-
-    def new_figure(figsize):
-        fig = Figure(figsize=figsize, layout="constrained")
-        return fig, fig.add_subplot()
+    from fpsim.figures import new_figure
 
     by_name = {r.name: r for r in results}
     out = {}
-    fig, ax = new_figure(figsize=(8, 4.5))
+    fig, (ax,) = new_figure((8, 4.5))
     fpsim.plot.training_curves(
         {r.name: _running_mean(r.loss, 10) for r in results},
         ax=ax,
@@ -251,7 +246,7 @@ def figures(results) -> dict[str, Any]:
     out["demo_training_curves.png"] = fig
 
     scaled = by_name["fp16 + loss scaling"]
-    fig, ax = new_figure(figsize=(8, 3.8))
+    fig, (ax,) = new_figure((8, 3.8))
     fpsim.plot.loss_scale_plot(
         scaled.loss_scale,
         ~scaled.finite,
@@ -261,7 +256,7 @@ def figures(results) -> dict[str, Any]:
     out["demo_loss_scale.png"] = fig
 
     pure = by_name["fp16 (no loss scaling)"]
-    fig, ax = new_figure(figsize=(8, 3.5))
+    fig, (ax,) = new_figure((8, 3.5))
     names = list(pure.layer_underflow)
     rows = {
         f"{k} (logits)" if k == names[-1] else k: v for k, v in pure.layer_underflow.items()
@@ -276,7 +271,7 @@ def figures(results) -> dict[str, Any]:
 
     hist = by_name["float32"].last_grad_hist
     zeros = int(hist.zeros) / max(int(hist.zeros) + int(np.sum(hist.counts)), 1)
-    fig, ax = new_figure(figsize=(8, 4.2))
+    fig, (ax,) = new_figure((8, 4.2))
     fpsim.plot.range_histogram(
         _crop(hist, -45, 20),
         fpsim.FP16,

@@ -19,7 +19,8 @@ import numpy as np
 from fpsim.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP16
 
 
-def _figure(figsize, rows=1):
+def new_figure(figsize, rows=1):
+    """A pyplot-free Figure with ``rows`` stacked Axes (returned as an array)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, layout="constrained")
@@ -30,7 +31,7 @@ def numberline_e4m3():
     """Every value of E4M3 (OCP FP8) on one line."""
     from fpsim import plot
 
-    fig, (ax,) = _figure((12, 2.8))
+    fig, (ax,) = new_figure((12, 2.8))
     plot.number_line(E4M3, ax=ax)
     return fig
 
@@ -40,7 +41,7 @@ def numberline_small():
     from fpsim import plot
 
     formats = (E5M2, E3M2, E2M3, E2M1)
-    fig, axes = _figure((12, 2.6 * len(formats)), rows=len(formats))
+    fig, axes = new_figure((12, 2.6 * len(formats)), rows=len(formats))
     for ax, fmt in zip(axes, formats, strict=True):
         plot.number_line(fmt, ax=ax)
     return fig
@@ -69,7 +70,7 @@ def gradient_histogram_fp16():
     from fpsim import plot
 
     g = synthetic_gradients()
-    fig, (top, bottom) = _figure((10, 9), rows=2)
+    fig, (top, bottom) = new_figure((10, 9), rows=2)
     plot.range_histogram(g, FP16, ax=top, lo=-45, hi=20, what="synthetic gradients")
     plot.range_histogram(
         g * np.float32(2**12),
