@@ -1,0 +1,487 @@
+"""Tensor-core accumulation: exact products, aligned in groups, added in fixed point.
+
+A tensor core does not add a dot product one rounded addition at a time. Measurements on
+NVIDIA GPUs (Fasi, Higham, Mikaitis and Pranesh 2021; Khattak and Mikaitis 2025) show a
+*multi-operand adder*: each step takes ``n`` products and the running sum ``c``, and
+
+1. forms every product **exactly** (a 4-bit by 4-bit FP8 significand product has 8
+   bits, an 11-bit FP16 one 22 bits);
+2. finds the largest exponent ``E`` among the terms. A product's exponent is the *sum
+   of its operands' exponents* (its significand, in ``[1, 4)``, is not normalised
+   first); the running sum's exponent is its own;
+3. shifts every significand right to align it with ``2**E`` and keeps only ``p``
+   fraction bits below ``2**E``: the bits shifted out are **truncated** (dropped), with
+   no guard or sticky bits. This is where a tensor core loses accuracy;
+4. adds the aligned terms in fixed point (exactly: the adder is wide enough), and
+5. normalises the sum *once* and rounds it into the accumulator format (toward zero on
+   NVIDIA's FP32 outputs).
+
+The spec in one line: ``c <- round_acc( sum_i trunc_p(t_i) )`` over
+``t = (a_1 b_1, ..., a_n b_n, c)``, where ``trunc_p`` cuts each term to a multiple of
+``2**(E - p)``. Two consequences the papers demonstrate, and the tests check:
+
+* **Truncation bias**: every dropped bit makes a positive term smaller, so a long sum of
+  positive products drifts low, by about ``n/2`` units of ``2**(E-p)`` per step.
+* **Non-monotonicity**: increasing one term can *decrease* the result, because a larger
+  term raises ``E`` and every other term loses a bit (Fasi et al. 2021, section 6).
+
+Hopper's FP8 tensor cores keep only ``p = 13`` bits (about 14 significant bits, as
+DeepSeek-V3 measured), so long FP8 dot products lose accuracy. DeepSeek-V3's remedy is
+*promotion*: every ``N_C = 128`` products the partial sum is moved to an FP32 register on
+the CUDA cores and added there with an ordinary FP32 addition; the tensor core restarts
+from zero. :class:`AccumulatorModel` ``promote_every`` simulates that.
+
+Implementation: pure JAX integer arithmetic on the bit patterns, bit-exact on any
+backend. Operands are split into integer significand and exponent; product significands
+(at most 12 x 12 bits) fit in int32, every shift and the fixed-point sum are int32, and
+the final normalisation and rounding build the float32 bit pattern directly, so neither
+XLA's flush-to-zero of float32 subnormals nor any float rounding can interfere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fpsim.formats import FP32, Format, get_format
+from fpsim.rounding import quantize
+
+Alignment = Literal["truncate", "nearest"]
+Normalisation = Literal["toward_zero", "nearest"]
+ALIGNMENTS: tuple[str, ...] = ("truncate", "nearest")
+NORMALISATIONS: tuple[str, ...] = ("toward_zero", "nearest")
+
+#: inputs wider than this many significant bits do not fit the int32 product
+MAX_INPUT_BITS = 12
+_ZERO_EXP = -(1 << 20)  # exponent given to zero terms: below every real exponent
+
+
+@dataclasses.dataclass(frozen=True)
+class AccumulatorModel:
+    """How a dot-product unit adds products: group size, kept bits, roundings.
+
+    Frozen and hashable: a static argument of ``jax.jit`` and a field of a policy.
+
+    Attributes:
+      name: short name for tables (``"hopper_fp8"``).
+      group_size: ``n``, products added in one fused step (with the running sum).
+      kept_bits: ``p``, fraction bits kept below ``2**E`` after alignment, where ``E`` is
+        the largest term exponent of the step (a product's exponent is the sum of its
+        operands' exponents). Khattak and Mikaitis call ``p - 23`` the number of extra
+        alignment bits (``neab``).
+      alignment: what happens to the bits shifted out: ``"truncate"`` (dropped, as all
+        measured NVIDIA tensor cores do) or ``"nearest"`` (round each aligned term to
+        nearest, ties to even: a hypothetical better adder, for comparison).
+      sticky: keep one more bit below the ``p`` bits that is 1 when any shifted-out bit
+        was 1 (a sticky bit). With ``p = 26`` and ``group_size = 1`` this makes every
+        step a correctly rounded addition (the ``fp32`` preset). Truncation only.
+      accumulator: format of the running sum; every step's result is rounded to it.
+      rounding: how the normalised sum is rounded into ``accumulator``:
+        ``"toward_zero"`` (NVIDIA with FP32 output) or ``"nearest"`` (ties to even).
+      promote_every: ``None``, or ``N``: the tensor core accumulates ``N`` products from
+        zero, then the partial sum is added to an FP32 accumulator with an ordinary
+        round-to-nearest FP32 addition (DeepSeek-V3's promotion). A multiple of
+        ``group_size``.
+    """
+
+    name: str
+    group_size: int
+    kept_bits: int
+    alignment: Alignment = "truncate"
+    sticky: bool = False
+    accumulator: Format = FP32
+    rounding: Normalisation = "toward_zero"
+    promote_every: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "accumulator", get_format(self.accumulator))
+        if not (isinstance(self.group_size, int) and self.group_size >= 1):
+            raise ValueError(f"group_size must be a positive int, got {self.group_size!r}")
+        if not (isinstance(self.kept_bits, int) and 1 <= self.kept_bits <= 28):
+            raise ValueError(f"kept_bits must be an int in 1..28, got {self.kept_bits!r}")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(
+                f"unknown alignment {self.alignment!r}; valid: {', '.join(ALIGNMENTS)}"
+            )
+        if self.rounding not in NORMALISATIONS:
+            raise ValueError(
+                f"unknown rounding {self.rounding!r}; valid: {', '.join(NORMALISATIONS)}"
+            )
+        if self.sticky and self.alignment != "truncate":
+            raise ValueError("sticky=True needs alignment='truncate'")
+        if self.promote_every is not None and not (
+            isinstance(self.promote_every, int)
+            and self.promote_every >= 1
+            and self.promote_every % self.group_size == 0
+        ):
+            raise ValueError(
+                f"promote_every must be None or a positive multiple of group_size="
+                f"{self.group_size}, got {self.promote_every!r}"
+            )
+        if self.accumulator.mantissa_bits > 23 or self.accumulator.exponent_bits > 8:
+            raise ValueError(f"accumulator {self.accumulator.name} is wider than FP32")
+        if self.sum_bound >= 2**32:
+            raise ValueError(
+                f"group_size={self.group_size} with kept_bits={self.kept_bits} overflows "
+                f"the 32-bit fixed-point adder: need n * 2**(p+2) + 2**(p+1) < 2**32"
+            )
+
+    @property
+    def sum_bound(self) -> int:
+        """Bound on the fixed-point sum, in units: products < ``2**(p+2)`` units each
+        (significands in [1, 4)), the running sum < ``2**(p+1)``."""
+        u = self.unit_bits
+        return self.group_size * 2 ** (u + 2) + 2 ** (u + 1)
+
+    @property
+    def unit_bits(self) -> int:
+        """Bits below ``2**E`` of the fixed-point grid (``p``, plus the sticky bit)."""
+        return self.kept_bits + int(self.sticky)
+
+
+# --------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------
+#: An exact FP32 accumulator: each product (exact) is added to the FP32 running sum with
+#: one correctly rounded addition (nearest-even), as an FMA loop on a CPU. Not a
+#: hardware measurement: the ideal reference. (Implemented as a 1-product adder with 26
+#: kept bits and a sticky bit, which rounds correctly; the tests check it against exact
+#: rational sums.)
+FP32_EXACT = AccumulatorModel(
+    "fp32", group_size=1, kept_bits=26, sticky=True, accumulator=FP32, rounding="nearest"
+)
+
+#: NVIDIA V100 (Volta) tensor core, FP16 inputs, FP32 accumulator.
+#: Measured (Fasi, Higham, Mikaitis, Pranesh, "Numerical behavior of NVIDIA tensor
+#: cores", PeerJ Comput. Sci. 7:e330, 2021): products exact; 4 products and the
+#: accumulator are added together, aligned to the largest exponent; the bits shifted
+#: out are truncated (no guard digits); the sum is normalised only at the end and
+#: rounded toward zero. Khattak and Mikaitis's bit-accurate model (V100TC.m: fma=4,
+#: neab=0, frmode='rz') gives p = 23. The group is the hardware's; the order of groups
+#: along K (consecutive, recursive) is the one both papers' models use.
+V100_FP16 = AccumulatorModel("v100_fp16", group_size=4, kept_bits=23)
+
+#: NVIDIA A100 (Ampere), FP16 or BF16 inputs, FP32 accumulator. Fasi et al. (2021)
+#: measured groups of 8 products with truncation; Khattak and Mikaitis (2025,
+#: "Accurate models of NVIDIA tensor cores", arXiv:2512.07004; A100TC.m: fma=8, neab=1,
+#: 'rz') found one extra alignment bit: p = 24.
+A100_FP16 = AccumulatorModel("a100_fp16", group_size=8, kept_bits=24)
+
+#: NVIDIA A100, TF32 inputs: as :data:`A100_FP16` with groups of 4 (A100TC.m: fma=4).
+A100_TF32 = AccumulatorModel("a100_tf32", group_size=4, kept_bits=24)
+
+#: NVIDIA H100 (Hopper), FP16 or BF16 inputs, FP32 accumulator. Khattak and Mikaitis
+#: (2025; H100TC.m: fma=16, neab=2, 'rz'): 16 products per step, p = 25, truncation.
+H100_FP16 = AccumulatorModel("h100_fp16", group_size=16, kept_bits=25)
+
+#: NVIDIA H100, TF32 inputs (H100TC.m: fma=8, neab=2).
+H100_TF32 = AccumulatorModel("h100_tf32", group_size=8, kept_bits=25)
+
+#: E8M13: FP32's exponent with 13 fraction bits, the running sum of Hopper's FP8 path.
+E8M13 = Format("e8m13", exponent_bits=8, mantissa_bits=13)
+
+#: NVIDIA H100, FP8 (E4M3 or E5M2) inputs, FP32 output ("fast accumulation").
+#: Measured: DeepSeek-V3 technical report (arXiv:2412.19437, section 3.3.2) found that
+#: FP8 GEMM on H800 "is limited to retaining around 14 bits", far below FP32; Khattak and
+#: Mikaitis (2025; H100TC.m: fma=32, neab=-10, 'rz') modelled it bit-accurately as 32
+#: products per step, p = 23 - 10 = 13 kept bits, and a running sum truncated to 13
+#: fraction bits (E8M13). Assumed here: the 32 products are consecutive along K (the
+#: paper notes the hardware interleaves two 16-element vectors).
+HOPPER_FP8 = AccumulatorModel("hopper_fp8", group_size=32, kept_bits=13, accumulator=E8M13)
+
+#: :data:`HOPPER_FP8` with DeepSeek-V3's promotion: every N_C = 128 products (4 WGMMA
+#: instructions of K = 32) the partial sum is added to an FP32 register on the CUDA
+#: cores (round to nearest) and the tensor core restarts from zero. The interval is
+#: DeepSeek-V3's (section 3.3.2); the FP32 addition is assumed correctly rounded.
+HOPPER_FP8_PROMOTE128 = dataclasses.replace(
+    HOPPER_FP8, name="hopper_fp8_promote128", promote_every=128
+)
+
+PRESETS: dict[str, AccumulatorModel] = {
+    m.name: m
+    for m in (
+        FP32_EXACT,
+        V100_FP16,
+        A100_FP16,
+        A100_TF32,
+        H100_FP16,
+        H100_TF32,
+        HOPPER_FP8,
+        HOPPER_FP8_PROMOTE128,
+    )
+}
+
+
+def get_accumulator(model: str | AccumulatorModel) -> AccumulatorModel:
+    """An :class:`AccumulatorModel` from itself or a preset name."""
+    if isinstance(model, AccumulatorModel):
+        return model
+    if isinstance(model, str) and model in PRESETS:
+        return PRESETS[model]
+    raise ValueError(f"unknown accumulator model {model!r}; presets: {', '.join(PRESETS)}")
+
+
+# --------------------------------------------------------------------------------------
+# Integer views of float32 values
+# --------------------------------------------------------------------------------------
+def _split(x, drop: int, emin: int):
+    """``x == sig * 2**f`` with a signed int32 ``sig``, and the alignment exponent.
+
+    ``drop`` low significand bits are known to be zero (x is on a grid with
+    ``23 - drop`` fraction bits) and are removed. The alignment exponent is
+    ``max(floor(log2|x|), emin)``: the exponent *field* of the value in its format,
+    which for a subnormal is ``emin``. Zero gets a huge negative exponent.
+    """
+    bits = lax.bitcast_convert_type(x, jnp.int32)
+    biased = (bits >> 23) & 0xFF
+    mant = (bits & 0x7FFFFF) | jnp.where(biased > 0, 1 << 23, 0)
+    f = jnp.maximum(biased, 1) - 150
+    mag = mant >> drop
+    f = f + drop
+    sig = jnp.where(bits < 0, -mag, mag)
+    lead = 31 - lax.clz(jnp.maximum(mag, 1))  # bit length - 1
+    e = jnp.where(mag == 0, _ZERO_EXP, jnp.maximum(f + lead, emin))
+    return sig, f, e
+
+
+def _mask(r):
+    """``2**r - 1`` for int32 ``0 <= r <= 31`` (without overflowing at 31)."""
+    return jnp.where(r >= 31, 0x7FFFFFFF, (1 << jnp.minimum(r, 30)) - 1)
+
+
+def _align(sig, f, g, model: AccumulatorModel):
+    """``sig * 2**f`` as a signed int32 number of units ``2**g``, truncated or rounded.
+
+    ``|sig| < 2**25``. Truncation drops the bits below ``2**g`` from the magnitude
+    (sign-magnitude, so toward zero); with a sticky bit the lowest unit (``2**g``) is
+    the OR of everything below ``2**(g+1)``.
+    """
+    mag = jnp.abs(sig)
+    sh = g - f  # > 0: shift right, <= 0: shift left (exact)
+    left = mag << jnp.clip(-sh, 0, 31)
+    if model.sticky:
+        r = jnp.clip(sh + 1, 0, 31)
+        q = ((mag >> r) << 1) | ((mag & _mask(r)) != 0).astype(jnp.int32)
+    else:
+        r = jnp.clip(sh, 0, 31)
+        q = mag >> r
+        if model.alignment == "nearest":
+            rem = mag & _mask(r)
+            half = 1 << jnp.clip(r - 1, 0, 30)
+            up = (r >= 1) & ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+            q = q + up.astype(jnp.int32)
+    t = jnp.where(sh <= 0, left, q)
+    return jnp.where(sig < 0, -t, t)
+
+
+def _normalise(s, g, acc: Format, rounding: str):
+    """The float32 value of ``s * 2**g`` (int32 ``s``) rounded to ``acc`` with ``rounding``.
+
+    Integer normalisation: find the leading bit, drop the bits below ``acc``'s grid
+    (``2**(max(e, emin) - m)``), round, and assemble the float32 bit pattern.
+    """
+    neg = s < 0
+    mag = jnp.abs(s)  # |s| < 2**31
+    lead = 31 - lax.clz(jnp.maximum(mag, 1))
+    u = jnp.maximum(g + lead, acc.emin) - acc.mantissa_bits  # acc's ulp exponent there
+    d = u - g  # bits to drop
+    dc = jnp.clip(d, 0, 31)
+    q = jnp.where(d >= 32, 0, mag >> dc)
+    if rounding == "nearest":
+        rem = mag & _mask(dc)
+        half = 1 << jnp.clip(dc - 1, 0, 30)
+        up = (d >= 1) & (d <= 31) & ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+        q = q + up.astype(jnp.int32)
+    h = g + jnp.maximum(d, 0)  # value = q * 2**h, 0 <= q <= 2**24
+    lq = 31 - lax.clz(jnp.maximum(q, 1))
+    ex = h + lq  # exponent of the result
+    frac = jnp.where(lq <= 23, q << jnp.clip(23 - lq, 0, 31), q >> jnp.clip(lq - 23, 0, 31))
+    normal = ((ex + 127) << 23) | (frac & 0x7FFFFF)
+    sub = q << jnp.clip(h + 149, 0, 31)
+    over = 0x7F800000 if rounding == "nearest" else 0x7F7FFFFF
+    bits = jnp.where(ex > 127, over, jnp.where(ex >= -126, normal, sub))
+    bits = jnp.where(q == 0, 0, bits) | jnp.where(neg, jnp.int32(-(2**31)), 0)
+    out = lax.bitcast_convert_type(bits, jnp.float32)
+    if (acc.exponent_bits, acc.mantissa_bits, acc.convention) != (8, 23, "ieee"):
+        out = quantize(out, acc, rounding)  # acc's overflow rule (identity in range)
+    return out
+
+
+def _step(c, a_sig, a_f, a_e, b_sig, b_f, b_e, model: AccumulatorModel):
+    """One fused step: ``c`` (B, M, N) plus the products of one group.
+
+    ``a_*`` are (n, B, M, 1) and ``b_*`` (n, B, 1, N): the group's operands.
+    """
+    acc = model.accumulator
+    c_sig, c_f, c_e = _split(c, 0, acc.emin)
+    big = jnp.maximum(jnp.max(a_e + b_e, axis=0), c_e)  # E: largest term exponent
+    g = big - model.unit_bits
+    terms = _align(a_sig * b_sig, a_f + b_f, g, model)
+    tc = _align(c_sig, c_f, g, model)
+    if model.sum_bound < 2**31:
+        s = jnp.sum(terms, axis=0) + tc
+    else:  # up to 33 bits signed: add in two 16-bit halves, then keep a sticky bit
+        s, g = _wide_sum(terms, tc, g)
+    out = _normalise(s, g, acc, model.rounding)
+    return jnp.where(jnp.isfinite(c), out, c)
+
+
+def _wide_sum(terms, tc, g):
+    """``sum(terms, axis=0) + tc`` when it may need 32 bits of magnitude.
+
+    Each term is split as ``hi * 2**16 + lo`` (``0 <= lo < 2**16``); the halves are
+    summed separately (no overflow), recombined into a uint32 magnitude, and, when it
+    does not fit in 31 bits, halved with the lost bit ORed into the last one (a sticky
+    bit: at that size at least 8 bits are rounded off, so the rounding is unchanged).
+    """
+    lo = jnp.sum(terms & 0xFFFF, axis=0) + (tc & 0xFFFF)
+    hi = jnp.sum(terms >> 16, axis=0) + (tc >> 16) + (lo >> 16)
+    lo = (lo & 0xFFFF).astype(jnp.uint32)
+    neg = hi < 0
+    mag = jnp.where(neg, (-hi).astype(jnp.uint32) << 16, hi.astype(jnp.uint32) << 16)
+    mag = jnp.where(neg, mag - lo, mag + lo)
+    wide = mag >= jnp.uint32(2**31)
+    mag = jnp.where(wide, (mag >> 1) | (mag & 1), mag).astype(jnp.int32)
+    return jnp.where(neg, -mag, mag), g + wide.astype(jnp.int32)
+
+
+def _fp32_add(x, y):
+    """Correctly rounded FP32 ``x + y`` in integers (immune to flush-to-zero)."""
+    xs, xf, xe = _split(x, 0, FP32.emin)
+    ys, yf, ye = _split(y, 0, FP32.emin)
+    g = jnp.maximum(xe, ye) - FP32_EXACT.unit_bits
+    s = _align(xs, xf, g, FP32_EXACT) + _align(ys, yf, g, FP32_EXACT)
+    return jnp.where(jnp.isfinite(x) & jnp.isfinite(y), _normalise(s, g, FP32, "nearest"),
+                     x + y)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------
+def _canonical(lhs, rhs, dimension_numbers):
+    """Transpose and reshape to ``(B, M, K)`` and ``(B, K, N)``; return the out shape."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    lf = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
+    rf = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
+    batch = [lhs.shape[d] for d in lb]
+    m = [lhs.shape[d] for d in lf]
+    n = [rhs.shape[d] for d in rf]
+    k = math.prod(lhs.shape[d] for d in lc)
+    a = jnp.transpose(lhs, (*lb, *lf, *lc)).reshape(math.prod(batch), math.prod(m), k)
+    b = jnp.transpose(rhs, (*rb, *rc, *rf)).reshape(math.prod(batch), k, math.prod(n))
+    return a, b, (*batch, *m, *n)
+
+
+def _check_inputs(inputs: Format) -> None:
+    if inputs.mantissa_bits + 1 > MAX_INPUT_BITS:
+        raise ValueError(
+            f"tensor-core models support inputs of at most {MAX_INPUT_BITS} significant "
+            f"bits (FP16, BF16, TF32, FP8, FP6, FP4, ...), got {inputs.name} with "
+            f"{inputs.mantissa_bits + 1}: their exact products would not fit in int32"
+        )
+
+
+def tc_dot_general(
+    lhs: jax.typing.ArrayLike,
+    rhs: jax.typing.ArrayLike,
+    dimension_numbers,
+    model: str | AccumulatorModel,
+    *,
+    inputs: str | Format,
+) -> jax.Array:
+    """``lax.dot_general`` on a simulated tensor core: exact products, grouped alignment.
+
+    Args:
+      lhs: and ``rhs``: float32 operands; they are rounded to ``inputs`` first
+        (round to nearest; the identity for values already on its grid).
+      dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch,
+        rhs_batch))`` as for ``lax.dot_general``; the output is batch dims, then lhs
+        free dims, then rhs free dims. The contraction runs in order along the
+        (flattened) contracting dims, in consecutive groups of ``model.group_size``;
+        the last group is padded with zeros.
+      model: an :class:`AccumulatorModel` or a preset name (see ``PRESETS``).
+      inputs: the operands' format: at most 12 significant bits (FP16, BF16, TF32,
+        E4M3, E5M2, ...), so that products are exact in int32.
+
+    Returns:
+      float32 array on the accumulator's grid (FP32 after promotion). NaN and inf in
+      the operands give XLA's float32 result for the affected outputs.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fpsim.numerics._tensor_core import tc_dot_general
+      >>> x = jnp.full((1, 4096), 1.0 + 2.0**-3)  # every product is 1 + 2**-2 + 2**-6
+      >>> dn = (((1,), (0,)), ((), ()))
+      >>> float(tc_dot_general(x, x.T, dn, "hopper_fp8", inputs="e4m3"))
+      5119.0
+      >>> float(tc_dot_general(x, x.T, dn, "hopper_fp8_promote128", inputs="e4m3"))
+      5184.0
+    """
+    model = get_accumulator(model)
+    inputs = get_format(inputs)
+    _check_inputs(inputs)
+    lhs = quantize(jnp.asarray(lhs, jnp.float32), inputs)
+    rhs = quantize(jnp.asarray(rhs, jnp.float32), inputs)
+    dims = jax.tree_util.tree_map(int, dimension_numbers)
+    dims = tuple(tuple(tuple(d) for d in pair) for pair in dims)
+    return _tc_dot_general(lhs, rhs, dims, model, inputs)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format):
+    a, b, out_shape = _canonical(lhs, rhs, dims)
+    nb, m, k = a.shape
+    n_out = b.shape[2]
+    n = model.group_size
+    chunk = model.promote_every or -(-k // n) * n
+    kp = -(-k // chunk) * chunk  # padded K: whole chunks of whole groups
+    a = jnp.pad(a, ((0, 0), (0, 0), (0, kp - k)))
+    b = jnp.pad(b, ((0, 0), (0, kp - k), (0, 0)))
+    drop = 23 - inputs.mantissa_bits
+    a_sig, a_f, a_e = _split(a, drop, inputs.emin)
+    b_sig, b_f, b_e = _split(b, drop, inputs.emin)
+
+    def groups(x, axis):  # (B, ..K..) -> (chunks, groups per chunk, n, B, M or N)
+        x = jnp.moveaxis(x, axis, 0).reshape(kp // chunk, chunk // n, n, nb, -1)
+        return x
+
+    ga = [groups(t, 2)[..., :, None] for t in (a_sig, a_f, a_e)]  # (C, G, n, B, M, 1)
+    gb = [groups(t, 1)[..., None, :] for t in (b_sig, b_f, b_e)]  # (C, G, n, B, 1, N)
+    zero = jnp.zeros((nb, m, n_out), jnp.float32)
+
+    def tensor_core(_, xs):  # one chunk: groups in order, from zero
+        def step(c, g):
+            return _step(c, *g, model), None
+
+        return None, lax.scan(step, zero, xs)[0]
+
+    partial = lax.scan(tensor_core, None, (*ga, *gb))[1]  # (C, B, M, N)
+    if model.promote_every is None:
+        out = partial[0]
+    else:
+        out = lax.scan(lambda s, p: (_fp32_add(s, p), None), zero, partial)[0]
+    special = ~(jnp.all(jnp.isfinite(lhs)) & jnp.all(jnp.isfinite(rhs)))
+    xla = lax.dot_general(lhs, rhs, dims, precision=lax.Precision.HIGHEST)
+    fix = special & ~jnp.isfinite(xla)
+    return jnp.where(fix, xla, out.reshape(out_shape))
+
+
+def tc_matmul(
+    a: jax.typing.ArrayLike,
+    b: jax.typing.ArrayLike,
+    model: str | AccumulatorModel,
+    *,
+    inputs: str | Format,
+) -> jax.Array:
+    """``a @ b`` (``(..., m, k) @ (k, n)``) on a simulated tensor core; see
+    :func:`tc_dot_general`."""
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    if a.ndim < 1 or b.ndim != 2 or a.shape[-1] != b.shape[0]:
+        raise ValueError(f"tc_matmul needs (..., m, k) @ (k, n), got {a.shape} @ {b.shape}")
+    return tc_dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), model, inputs=inputs)
