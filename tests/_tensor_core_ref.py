@@ -65,7 +65,9 @@ def group_step(c: Fraction, pairs, model, inputs: fpsim.Format) -> Fraction:
     for a, b in pairs:
         a, b = Fraction(a), Fraction(b)
         if a != 0 and b != 0:
-            terms.append((a * b, field_exponent(a, inputs.emin) + field_exponent(b, inputs.emin)))
+            terms.append(
+                (a * b, field_exponent(a, inputs.emin) + field_exponent(b, inputs.emin))
+            )
     if c != 0:
         terms.append((c, field_exponent(c, model.accumulator.emin)))
     if not terms:
@@ -90,8 +92,8 @@ def dot(a, b, model, inputs) -> float:
     for s in range(0, k, chunk):
         c = Fraction(0)
         for g in range(s, min(s + chunk, k), n):
-            c = group_step(c, list(zip(a[g : min(g + n, s + chunk, k)], b[g : g + n])), model,
-                           inputs)  # fmt: skip
+            end = min(g + n, s + chunk, k)
+            c = group_step(c, list(zip(a[g:end], b[g:end], strict=True)), model, inputs)
         if model.promote_every is None:
             return float(c)
         total = Fraction(round_to(total + c, F32, "nearest"))
@@ -110,6 +112,6 @@ def matmul(a, b, model, inputs):
 def sequential_fp32(a, b) -> float:
     """``s = fl32(s + a_i b_i)`` with exact products: an FMA loop, correctly rounded."""
     s = Fraction(0)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         s = Fraction(round_to(s + Fraction(x) * Fraction(y), F32, "nearest"))
     return float(s)
