@@ -21,7 +21,7 @@ def grid(rng, shape, fmt, spread):
     """Signed values on ``fmt``'s grid with exponents spread over +-spread, 10% zeros."""
     x = rng.standard_normal(shape) * 2.0 ** rng.integers(-spread, spread + 1, shape)
     x[rng.random(shape) < 0.1] = 0
-    return np.asarray(fpsim.quantize(jnp.asarray(x, jnp.float32), fmt, saturate=True))
+    return np.array(fpsim.quantize(jnp.asarray(x, jnp.float32), fmt, saturate=True))
 
 
 CASES = [
@@ -116,7 +116,7 @@ def test_multi_operand_addition_is_not_monotonic():
         ref.dot(v.tolist(), b.tolist(), tc.V100_FP16, fmt) for v in (a, up)
     )
     exact = [float(tc.tc_dot_general(v, b, DN_VEC, "fp32", inputs=fmt)) for v in (a, up)]
-    assert exact[1] > exact[0]  # the correctly rounded sum is monotone
+    assert exact[1] >= exact[0]  # correctly rounded sequential sums are monotone
 
 
 def _long_positive_dots():
