@@ -416,11 +416,11 @@ def tc_dot_general(
     Example:
       >>> import jax.numpy as jnp
       >>> from fpsim.numerics._tensor_core import tc_dot_general
-      >>> x = jnp.full((1, 4096), 1.0 + 2.0**-3)  # every product is 1 + 2**-2 + 2**-6
-      >>> dn = (((1,), (0,)), ((), ()))
-      >>> float(tc_dot_general(x, x.T, dn, "hopper_fp8", inputs="e4m3"))
-      5119.0
-      >>> float(tc_dot_general(x, x.T, dn, "hopper_fp8_promote128", inputs="e4m3"))
+      >>> x = jnp.full(4096, 1.0 + 2.0**-3)  # every product is 1 + 2**-2 + 2**-6
+      >>> dn = (((0,), (0,)), ((), ()))  # exact dot product: 5184
+      >>> float(tc_dot_general(x, x, dn, "hopper_fp8", inputs="e4m3"))  # truncation
+      4923.5
+      >>> float(tc_dot_general(x, x, dn, "hopper_fp8_promote128", inputs="e4m3"))
       5184.0
     """
     model = get_accumulator(model)
