@@ -21,9 +21,15 @@ from fpsim.numerics._policy import EmulationPolicy as EmulationPolicy
 from fpsim.numerics._policy import EmulationReport as EmulationReport
 from fpsim.numerics._quantizer import fake_quant as fake_quant
 from fpsim.numerics._quantizer import quantizer as quantizer
+from fpsim.numerics._tensor_core import PRESETS as ACCUMULATOR_PRESETS
+from fpsim.numerics._tensor_core import AccumulatorModel as AccumulatorModel
+from fpsim.numerics._tensor_core import get_accumulator as get_accumulator
+from fpsim.numerics._tensor_core import tc_dot_general as tc_dot_general
+from fpsim.numerics._tensor_core import tc_matmul as tc_matmul
 
 __all__: list[str] = [
     "FLOAT32_OPS", "Accumulation", "EmulationPolicy", "EmulationReport", "Emulated",
     "emulate", "ORDERS", "fake_quant", "lp_dot", "lp_dot_general", "lp_matmul", "lp_sum",
-    "quantizer",
+    "quantizer", "ACCUMULATOR_PRESETS", "AccumulatorModel", "get_accumulator",
+    "tc_dot_general", "tc_matmul",
 ]  # fmt: skip
