@@ -231,7 +231,7 @@ def figures(results) -> dict[str, Any]:
     """The demo's figures, by file name."""
     import fpsim
     import fpsim.plot
-    from fpsim.figures import new_figure
+    from fpsim.plot import new_figure
 
     by_name = {r.name: r for r in results}
     out = {}
@@ -290,7 +290,7 @@ def run(
     fast: bool = False,
 ) -> int:
     """Entry point of ``fpsim demo``: train, print the table, write the figures."""
-    from fpsim.figures import save
+    from fpsim.plot import save
 
     if steps is None:
         steps = FAST_STEPS if fast else DEFAULT_STEPS
