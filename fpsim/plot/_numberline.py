@@ -136,7 +136,7 @@ def number_line(fmt: Format | str, *, ax=None, title: str | None = None, legend=
         ax.annotate(
             f"{text} = {number_label(x)}",
             (x, 1.1 if high else 0.8),
-            ha="center",
+            ha="right" if text == "max" else "center",  # clear of the legend on the right
             va="bottom",
             fontsize=8,
         )
