@@ -182,7 +182,7 @@ def test_importing_fpsim_does_not_import_matplotlib():
 
 
 def test_figures_are_written_and_deterministic(tmp_path):
-    from fpsim import figures
+    from fpsim.showcase import figures
 
     names = ["numberline_e4m3.png", "spacing_and_relative_error.png"]
     first = figures.write_figures(tmp_path / "a", only=names)

@@ -3,7 +3,7 @@
 Everything here is exact rational arithmetic (``fractions.Fraction``) on the input as
 typed: no float, no NumPy, no JAX, so the command answers at once. The one place a
 float appears is the line that shows what ``fpsim.quantize`` would do with the same
-Python literal (float64, then float32, then the format: two roundings).
+Python literal (decimal -> float64 -> the format: two roundings).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import NamedTuple
 
 from fpsim.cli import _exact as ref  # the exact reference: rounding of rationals
-from fpsim.formats import FORMATS, FP32, Format
+from fpsim.formats import FORMATS, Format
 
 Num = ref.Num
 MODES = ("nearest", "toward_zero", "up", "down")
@@ -23,7 +23,7 @@ _DECIMAL = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?")
 #: Inputs beyond 10^±LIMIT are not built as exact Fractions (10^999999999 would take
 #: forever): every format overflows above 10^39 and underflows below 10^-46, so a
 #: stand-in at 10^±LIMIT rounds the same way in every mode.
-LIMIT = 400
+LIMIT = 1000
 _CLASS_TEXT = {
     "zero": "zero",
     "underflow": "underflow: too small even for the smallest subnormal, flushed to 0",
@@ -115,7 +115,7 @@ def _read_number(t: str, text: str) -> Input | None:
             show = _sci(neg, digits, e10)
         else:
             k = math.floor(log10)
-            show = f"≈{'-' if neg else ''}{10 ** (log10 - k):.15g}e{k:+d}"
+            show = f"≈{'-' if neg else ''}{10 ** (log10 - k):.10g}e{k:+d}"
         return Input(Num(neg, stand_in), show, far, log10)
     x = Fraction(n) * Fraction(10) ** e10
     if len(parsed) == 2:
@@ -361,9 +361,10 @@ def _error_lines(x: Input, r: Num, fmt: Format) -> list[str]:
     ]
 
 
-def _via_float(x: Input, fmt: Format) -> tuple[Num, float, Num] | None:
-    """What ``fpsim.quantize`` does with the same Python literal: float64 -> float32 ->
-    ``fmt``. Returns (result, the float64, the float32), or None for specials."""
+def _via_float(x: Input, fmt: Format) -> tuple[Num, float] | None:
+    """What ``fpsim.quantize`` does with the same Python literal: Python rounds the
+    decimal to a float64, and quantize rounds that float64 once to ``fmt`` (round to
+    odd on the way through float32). Returns (result, the float64), or None."""
     if x.far or not x.num.finite:
         return None
     try:
@@ -371,23 +372,22 @@ def _via_float(x: Input, fmt: Format) -> tuple[Num, float, Num] | None:
     except OverflowError:
         f64 = math.inf
     as64 = Num(x.num.neg, Fraction(f64) if math.isfinite(f64) else "inf")
-    f32 = ref.round_exact(as64, FP32, "nearest")[0]
-    return ref.round_exact(f32, fmt, "nearest")[0], -f64 if x.num.neg else f64, f32
+    return ref.round_exact(as64, fmt, "nearest")[0], -f64 if x.num.neg else f64
 
 
 def _double_rounding_lines(x: Input, r: Num, fmt: Format) -> list[str]:
     via = _via_float(x, fmt)
     if via is None or code_of(via[0], fmt) == code_of(r, fmt):
         return []
-    q, f64, f32 = via
+    q, f64 = via
     return [
         "",
         "  double rounding: the value above is the exact decimal rounded once. But",
         f"  fpsim.quantize({x.text}, {fmt.name!r}) gives {show(q)} "
         f"({_hex(code_of(q, fmt), fmt)}), not {_hex(code_of(r, fmt), fmt)}:",
-        f"  Python reads the literal as the float64 {f64!r},",
-        f"  JAX rounds that to the float32 {show(f32)}, and only then to {fmt.name}.",
-        "  Two roundings in a row can land on the other neighbour.",
+        f"  Python first rounds the literal to the float64 {f64!r}, and quantize",
+        f"  rounds that to {fmt.name}. Two roundings in a row can land on the other "
+        "neighbour.",
     ]
 
 

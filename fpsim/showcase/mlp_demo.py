@@ -179,7 +179,8 @@ def run_experiment(steps: int = DEFAULT_STEPS, seed: int = 0, quiet: bool = Fals
             if bar.disable and not quiet:  # no terminal (CI log, notebook's !fpsim demo)
                 print(
                     f"  run {i}/{len(recipes)}: {name:24} {steps} steps in "
-                    f"{time.perf_counter() - t0:5.1f} s, test accuracy {r.test_accuracy:.1%}",
+                    f"{time.perf_counter() - t0:5.1f} s, "
+                    f"test accuracy {r.test_accuracy:.1%}",
                     flush=True,
                 )
     return tuple(results)
