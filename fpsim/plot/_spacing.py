@@ -128,10 +128,10 @@ def spacing_figure(formats: Sequence[Format | str] = DEFAULT_FORMATS, *, xlim=No
 
     Args:
       formats: the formats to draw.
-      xlim: the magnitudes shown, ``(lo, hi)``. Default: the range of the formats of
-        at most 16 bits, with a binade to spare, so that FP16 and FP8 are not squeezed
-        by FP32's 2^-149 .. 2^128 (wider formats run off the sides; the legend gives
-        each format's whole range). All formats wider than 16 bits: everything.
+      xlim: the magnitudes shown, ``(lo, hi)``. Default: the range of the formats
+        with at most 5 exponent bits (FP16, FP8), with a binade to spare, so that they
+        are not squeezed by FP32's 2^-149 .. 2^128 (wider formats run off the sides;
+        the legend gives each format's whole range). Without such formats: all.
     """
     from matplotlib.figure import Figure
 
@@ -141,7 +141,7 @@ def spacing_figure(formats: Sequence[Format | str] = DEFAULT_FORMATS, *, xlim=No
     ulp_plot(formats, ax=top)
     top.set_xlabel("")
     relative_error_plot(formats, ax=bottom)
-    narrow = [f for f in formats if f.bits <= 16]
+    narrow = [f for f in formats if f.exponent_bits <= 5]
     if xlim is None and narrow and len(narrow) < len(formats):
         xlim = (min(f.min_subnormal for f in narrow) / 2, max(f.max for f in narrow) * 2)
     if xlim is not None:
