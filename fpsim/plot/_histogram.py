@@ -172,7 +172,6 @@ def range_histogram(
         label="values per binade",
         zorder=3,
     )
-    _mark_end_bars(ax, bars, counts, edges)
     left, right = float(edges[0]), float(edges[-1])
     cuts = [math.log2(fmt.min_subnormal), float(fmt.emin), math.log2(fmt.max)]
     flush_edge = cuts[0] - 1  # min_subnormal / 2: below it, rounding to nearest gives 0
@@ -213,6 +212,7 @@ def range_histogram(
     ax.legend(
         loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8, frameon=False
     )
+    _mark_end_bars(ax, bars, counts, edges)  # after the legend, which shows a plain bar
     ax.set_xlim(left, right)
     top = (max(counts.max(), 1) if counts.size else 1) * (3 if logy else 1.35)
     if logy:  # set the scale first: limits set on a linear axis include the bars' 0
