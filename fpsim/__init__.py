@@ -1,72 +1,175 @@
 """fpsim: an educational, bit-exact simulator of floating-point formats for JAX.
 
-The core (this namespace) needs only JAX: formats, rounding, bit patterns. Flax, optax
-and matplotlib integrations live in ``fpsim.nn``, ``fpsim.optim`` and ``fpsim.plot``
-and are imported on first use.
+Every public name of the top level is listed in :data:`_NAMES` below, with the module
+that defines it: read the table to find where a name lives. The names load on first
+use (PEP 562), so ``import fpsim`` imports neither JAX nor NumPy, and ``fpsim explain``
+answers at once; ``fpsim.quantize`` imports JAX the first time it is touched.
+
+The names a learner needs first are here: the formats, rounding (``quantize``, ``ulp``,
+``next_up``), bit patterns (``encode``, ``decode``, ``all_values``), what a format does
+to a tensor (the statistics) and emulated low-precision arithmetic (``lp_sum``,
+``lp_matmul``, ``emulate``). The rest lives in subpackages, also loaded on first use:
+
+* ``fpsim.nn``: Flax integration (precision policies, per-layer statistics, training).
+* ``fpsim.optim``: optax transforms (loss scaling, quantized updates, HALP).
+* ``fpsim.scaling``: framework-free scaling rules (loss scaling, FP8 delayed scaling).
+* ``fpsim.comm``: simulated low-precision all-reduce.
+* ``fpsim.plot``: matplotlib figures and the shared figure style.
+* ``fpsim.reference``: the slow, exact rounding of rational numbers (the tests' oracle).
+* ``fpsim.showcase``: the demo and the committed figures; ``fpsim.cli``: the command.
 """
 
-from fpsim import numerics as _numerics  # noqa: E402
-from fpsim import stats as _stats
-from fpsim.codec import all_values as all_values
-from fpsim.codec import code_dtype as code_dtype
-from fpsim.codec import decode as decode
-from fpsim.codec import encode as encode
-from fpsim.comm import data_parallel_grads as data_parallel_grads
-from fpsim.comm import lp_all_reduce as lp_all_reduce
-from fpsim.comm import lp_reduce as lp_reduce
-from fpsim.comm import wire_counts as wire_counts
-from fpsim.formats import BF16 as BF16
-from fpsim.formats import E2M1 as E2M1
-from fpsim.formats import E2M3 as E2M3
-from fpsim.formats import E3M2 as E3M2
-from fpsim.formats import E3M4 as E3M4
-from fpsim.formats import E4M3 as E4M3
-from fpsim.formats import E4M3_IEEE as E4M3_IEEE
-from fpsim.formats import E4M3_SAT as E4M3_SAT
-from fpsim.formats import E4M3B11FNUZ as E4M3B11FNUZ
-from fpsim.formats import E4M3FNUZ as E4M3FNUZ
-from fpsim.formats import E5M2 as E5M2
-from fpsim.formats import E5M2FNUZ as E5M2FNUZ
-from fpsim.formats import FORMATS as FORMATS
-from fpsim.formats import FP4_E2M1 as FP4_E2M1
-from fpsim.formats import FP6_E2M3 as FP6_E2M3
-from fpsim.formats import FP6_E3M2 as FP6_E3M2
-from fpsim.formats import FP16 as FP16
-from fpsim.formats import FP32 as FP32
-from fpsim.formats import TF32 as TF32
-from fpsim.formats import Format as Format
-from fpsim.formats import format_names as format_names
-from fpsim.formats import get_format as get_format
-from fpsim.numerics import *  # noqa: E402, F403  (names listed in fpsim.numerics.__all__)
-from fpsim.rounding import ROUNDING_MODES as ROUNDING_MODES
-from fpsim.rounding import FormatLike as FormatLike
-from fpsim.rounding import Rounding as Rounding
-from fpsim.rounding import next_down as next_down
-from fpsim.rounding import next_up as next_up
-from fpsim.rounding import quantize as quantize
-from fpsim.rounding import ulp as ulp
-from fpsim.stats import *  # noqa: E402, F403  (names listed in fpsim.stats.__all__)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# Integrations that need flax, optax or matplotlib load on first use, so that
-# `import fpsim` stays light: fpsim.nn, fpsim.optim, fpsim.plot.
-_LAZY = ("nn", "optim", "plot", "cli", "demo")
+_FORMAT_CONSTANTS = (
+    "BF16", "E2M1", "E2M3", "E3M2", "E3M4", "E4M3", "E4M3B11FNUZ", "E4M3FNUZ", "E4M3_IEEE",
+    "E4M3_SAT", "E5M2", "E5M2FNUZ", "FP16", "FP32", "FP4_E2M1", "FP6_E2M3", "FP6_E3M2",
+    "TF32",
+)  # fmt: skip
+
+#: Public name -> the module that defines it. This is the whole top-level API.
+_NAMES: dict[str, str] = {
+    # number formats (pure Python: no JAX)
+    "Format": "fpsim.formats",
+    "FORMATS": "fpsim.formats",
+    "format_names": "fpsim.formats",
+    "get_format": "fpsim.formats",
+    **{name: "fpsim.formats" for name in _FORMAT_CONSTANTS},
+    # rounding onto a format's grid
+    "quantize": "fpsim.rounding",
+    "ulp": "fpsim.rounding",
+    "next_up": "fpsim.rounding",
+    "next_down": "fpsim.rounding",
+    "ROUNDING_MODES": "fpsim.rounding",
+    "Rounding": "fpsim.rounding",
+    "FormatLike": "fpsim.rounding",
+    # bit patterns
+    "encode": "fpsim.codec",
+    "decode": "fpsim.codec",
+    "all_values": "fpsim.codec",
+    "code_dtype": "fpsim.codec",
+    # what a format does to a tensor
+    "VALUE_CLASSES": "fpsim.stats",
+    "value_counts": "fpsim.stats",
+    "value_classes": "fpsim.stats",
+    "value_fractions": "fpsim.stats",
+    "tree_value_counts": "fpsim.stats",
+    "log2_histogram": "fpsim.stats",
+    "ValueCounts": "fpsim.stats",
+    "Log2Histogram": "fpsim.stats",
+    # emulated low-precision arithmetic
+    "lp_sum": "fpsim.numerics",
+    "lp_dot": "fpsim.numerics",
+    "lp_matmul": "fpsim.numerics",
+    "lp_dot_general": "fpsim.numerics",
+    "ORDERS": "fpsim.numerics",
+    "emulate": "fpsim.numerics",
+    "Emulated": "fpsim.numerics",
+    "EmulationPolicy": "fpsim.numerics",
+    "EmulationReport": "fpsim.numerics",
+    "Accumulation": "fpsim.numerics",
+    "FLOAT32_OPS": "fpsim.numerics",
+    "quantizer": "fpsim.numerics",
+    "fake_quant": "fpsim.numerics",
+}
+
+#: Subpackages, loaded as attributes on first use (``fpsim.nn``, ``fpsim.plot``, ...).
+_SUBMODULES = (
+    "cli", "comm", "nn", "numerics", "optim", "plot", "reference", "scaling", "showcase",
+    "stats",
+)  # fmt: skip
+
+__all__ = sorted(_NAMES) + ["__version__"]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f"fpsim.{name}")
     raise AttributeError(f"module 'fpsim' has no attribute {name!r}")
 
 
-__all__ = [
-    "BF16", "E2M1", "E2M3", "E3M2", "E3M4", "E4M3", "E4M3B11FNUZ", "E4M3FNUZ", "E4M3_IEEE",
-    "E4M3_SAT", "E5M2", "E5M2FNUZ", "FORMATS", "FP16", "FP32", "FP4_E2M1", "FP6_E2M3",
-    "FP6_E3M2", "Format", "FormatLike", "ROUNDING_MODES", "Rounding", "TF32", "all_values",
-    "code_dtype", "decode", "encode", "format_names", "get_format", "next_down", "next_up",
-    "quantize", "ulp", "lp_all_reduce", "lp_reduce", "wire_counts", "data_parallel_grads",
-]  # fmt: skip
-__all__ += list(_numerics.__all__) + list(_stats.__all__)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; the same table as _NAMES
+    from fpsim import (
+        cli,
+        comm,
+        nn,
+        numerics,
+        optim,
+        plot,
+        reference,
+        scaling,
+        showcase,
+        stats,
+    )
+    from fpsim.codec import all_values, code_dtype, decode, encode
+    from fpsim.formats import (
+        BF16,
+        E2M1,
+        E2M3,
+        E3M2,
+        E3M4,
+        E4M3,
+        E4M3_IEEE,
+        E4M3_SAT,
+        E4M3B11FNUZ,
+        E4M3FNUZ,
+        E5M2,
+        E5M2FNUZ,
+        FORMATS,
+        FP4_E2M1,
+        FP6_E2M3,
+        FP6_E3M2,
+        FP16,
+        FP32,
+        TF32,
+        Format,
+        format_names,
+        get_format,
+    )
+    from fpsim.numerics import (
+        FLOAT32_OPS,
+        ORDERS,
+        Accumulation,
+        Emulated,
+        EmulationPolicy,
+        EmulationReport,
+        emulate,
+        fake_quant,
+        lp_dot,
+        lp_dot_general,
+        lp_matmul,
+        lp_sum,
+        quantizer,
+    )
+    from fpsim.rounding import (
+        ROUNDING_MODES,
+        FormatLike,
+        Rounding,
+        next_down,
+        next_up,
+        quantize,
+        ulp,
+    )
+    from fpsim.stats import (
+        VALUE_CLASSES,
+        Log2Histogram,
+        ValueCounts,
+        log2_histogram,
+        tree_value_counts,
+        value_classes,
+        value_counts,
+        value_fractions,
+    )

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from fpsim import demo
 from fpsim.cli import main
+from fpsim.showcase import mlp_demo as demo
 
 
 def test_demo_runs_and_writes_figures(tmp_path, capsys):

@@ -13,7 +13,7 @@ KEY = jax.random.key(0)
 
 
 def test_headline_lp_sgd_stalls_halp_converges_like_svrg():
-    r = fpsim.optim.run_halp_least_squares(epochs=15)
+    r = fpsim.showcase.run_halp_least_squares(epochs=15)
     halp, svrg, lp = r["halp"], r["svrg"], r["lp_sgd"]
     assert lp[-1] > 0.1 and min(lp[5:]) > 0.1  # stalled at the lattice's noise floor
     assert svrg[-1] < 1e-3
@@ -22,7 +22,7 @@ def test_headline_lp_sgd_stalls_halp_converges_like_svrg():
 
 
 def test_halp_with_an_fp8_offset_converges_too():
-    r = fpsim.optim.run_halp_least_squares(epochs=15, offset_fmt="e4m3")
+    r = fpsim.showcase.run_halp_least_squares(epochs=15, offset_fmt="e4m3")
     assert r["halp"][-1] < 1e-2 and r["halp"][-1] < r["lp_sgd"][-1] / 50
 
 

@@ -110,7 +110,10 @@ def test_range_histogram_bars_and_bands(ax):
     np.testing.assert_array_equal(heights, np.asarray(hist.counts))
     assert heights.sum() == g.size - 50 - 1  # zeros and inf are not binned
     edges = [_span(_gid(ax, f"band:{b}")[0]) for b in ("subnormal", "normal")]
-    assert edges[0] == [math.log2(fmt.min_subnormal), fmt.emin]
+    # rounding to nearest lifts [min_subnormal/2, min_subnormal) to min_subnormal: the
+    # flushed band ends at min_subnormal/2, where band_fractions stops counting it
+    assert edges[0] == [math.log2(fmt.min_subnormal) - 1, fmt.emin]
+    assert _span(_gid(ax, "band:underflow")[0])[1] == math.log2(fmt.min_subnormal) - 1
     assert edges[1][0] == fmt.emin
     assert edges[1][1] == pytest.approx(math.log2(fmt.max))
 
@@ -119,12 +122,12 @@ def test_band_fractions_match_value_counts():
     g = _grads()
     fr = plot.band_fractions(g, "fp16")
     c = fpsim.value_counts(g, "fp16")
-    assert fr.exact and fr.total == g.size
-    assert fr.underflow == int(c.underflow) / g.size
-    assert fr.overflow == 1 / g.size and fr.nonfinite == 1 / g.size
+    nonzero = g.size - 50 - 1  # one basis: the nonzero finite values
+    assert fr.exact and fr.total == g.size and fr.nonzero == nonzero
+    assert fr.underflow == int(c.underflow) / nonzero
+    assert fr.overflow == 1 / nonzero and fr.nonfinite == 1 / g.size
     assert fr.zero == 50 / g.size
-    parts = fr.underflow + fr.subnormal + fr.normal + fr.overflow + fr.zero + fr.nonfinite
-    assert parts == pytest.approx(1.0)
+    assert fr.underflow + fr.subnormal + fr.normal + fr.overflow == pytest.approx(1.0)
 
 
 def test_range_histogram_from_a_histogram(ax):
@@ -182,7 +185,7 @@ def test_importing_fpsim_does_not_import_matplotlib():
 
 
 def test_figures_are_written_and_deterministic(tmp_path):
-    from fpsim import figures
+    from fpsim.showcase import figures
 
     names = ["numberline_e4m3.png", "spacing_and_relative_error.png"]
     first = figures.write_figures(tmp_path / "a", only=names)
@@ -214,3 +217,53 @@ def test_log_count_axis_keeps_bars_readable():
     ax = fpsim.plot.range_histogram(x, fpsim.FP16, logy=True)
     bottom, top = ax.get_ylim()
     assert ax.get_yscale() == "log" and 0 < bottom < 3 and top >= 1000
+
+
+def test_what_is_drawn_is_what_is_counted(ax):
+    # the binade just below fp16's min subnormal: kept (rounds up), drawn as subnormal
+    x = np.float32([0.75 * 2.0**-24] * 30 + [0.75 * 2.0**-25] * 10 + [1.0] * 60)
+    plot.range_histogram(x, fpsim.FP16, ax=ax, lo=-30, hi=4)
+    fr = plot.band_fractions(x, fpsim.FP16)
+    assert (fr.underflow, fr.subnormal, fr.normal) == (0.1, 0.3, 0.6)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "10.0% of nonzero" in texts and "30.0% of nonzero" in texts
+    sub = _span(_gid(ax, "band:subnormal")[0])
+    assert sub[0] <= math.log2(0.75 * 2.0**-24) and sub[0] > math.log2(0.75 * 2.0**-25)
+
+
+def test_end_bars_hold_everything_beyond_and_say_so(ax):
+    x = np.float32([2.0**-60, 2.0**-50, 2.0**-20, 2.0**30])
+    plot.range_histogram(x, fpsim.FP16, ax=ax, lo=-45, hi=20)
+    heights = [b.get_height() for b in ax.containers[0]]
+    assert heights[0] == 2 and heights[-1] == 1
+    labels = [t.get_text() for t in ax.texts if t.get_gid() == "end_bar"]
+    assert labels == ["all < $2^{-44}$", "all ≥ $2^{19}$"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "min subnormal = $2^{-24}$" in legend and "max = 65504" in legend
+
+
+def test_public_style():
+    assert plot.PALETTE == plot.OKABE_ITO and len(set(plot.PALETTE)) == len(plot.PALETTE)
+    assert plot.style(0)["color"] != plot.style(1)["color"]
+    assert plot.style(0)["linestyle"] != plot.style(1)["linestyle"]
+    assert plot.style(0)["marker"] != plot.style(1)["marker"]
+    fmt = plot.pow2_formatter()
+    assert fmt(2.0**-3) == "$2^{-3}$" and fmt(3.0) == "3"
+    assert plot.pow2_formatter(base_is_log2=True)(16) == "$2^{16}$"
+    fig, axes = plot.new_figure((4, 3), rows=2)
+    assert len(axes) == 2 and fig.get_figwidth() == 4
+
+
+def test_spacing_figure_ticks_cover_the_data_and_zoom_on_narrow_formats():
+    fig = plot.spacing_figure()
+    top, bottom = fig.axes[:2]
+    lo, hi = bottom.get_xlim()
+    assert lo == fpsim.FP16.min_subnormal / 2 and hi == fpsim.FP16.max * 2
+    ticks = bottom.get_yticks()
+    assert max(ticks) >= 0.5  # the subnormal ends reach 2^-1
+    assert "(ulp / 2)" in bottom.get_ylabel()
+    d = plot.spacing_data("e4m3")
+    np.testing.assert_array_equal(
+        _lines(bottom, "relative_error:e4m3")[0].get_ydata(), d.ulp / 2 / np.exp2(
+            np.floor(np.log2(d.x)))
+    )  # fmt: skip

@@ -7,18 +7,19 @@
     fpsim figures --outdir figures      # regenerate the figures
     fpsim demo --fast                   # train a small model in several formats
 
-``main(argv)`` returns the exit status: 0 on success, 2 for bad input (one line on
-stderr, no traceback), 1 when a command cannot run (a missing optional part).
+``main(argv)`` returns the exit status: 0 on success, 2 for bad input or output that
+cannot be written (one line on stderr, no traceback). ``explain`` and ``formats``
+import neither NumPy nor JAX, so they answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import math
+import os
 import sys
 
+from fpsim import __version__
 from fpsim.cli._explain import CliError, explain, explain_all, parse_value
 from fpsim.formats import FORMATS, get_format
 
@@ -27,6 +28,20 @@ _CONVENTION = {
     "fn": "NaN only, no inf",
     "fnuz": "1 NaN, no inf, no -0",
     "none": "no inf, no NaN",
+}
+_CONVENTION_SHORT = {
+    "ieee": "±inf, NaN",
+    "fn": "NaN, no inf",
+    "fnuz": "1 NaN, no -0",
+    "none": "none",
+}
+DEMO_HELP = {
+    "steps": "training steps per run (default 600, or 150 with --fast)",
+    "seed": "random seed for the data split, the weights and the batches, an integer "
+    "from 0 to 2^32 - 1 (default 0)",
+    "outdir": "directory for the demo's four PNG figures; created if missing, checked "
+    "before any training (default fpsim-demo)",
+    "fast": "a quick run: 150 steps unless --steps is given (default off)",
 }
 
 
@@ -37,68 +52,106 @@ def _num(x: float) -> str:
     return str(int(x)) if x.is_integer() and x < 1e7 else f"{x:.4g}"
 
 
-def formats_table(formats=FORMATS) -> str:
-    """The ``fpsim formats`` table."""
-    cols = (
-        f"{'name':<12}{'bits':>4}{'E':>3}{'M':>3}{'bias':>5}  {'max':<11}{'min normal':<12}"
-        f"{'min subnorm':<12}{'eps':<11}{'digits':>6}{'range':>6}  {'inf/NaN':<21}ml_dtypes"
-    )
+def formats_table(formats=FORMATS, wide: bool = False) -> str:
+    """The ``fpsim formats`` table: 80 columns, or every column with ``wide``."""
+    if wide:
+        cols = (
+            f"{'name':<12}{'bits':>4}{'E':>3}{'M':>3}{'bias':>5}  {'max':<11}"
+            f"{'min normal':<12}{'min subnorm':<12}{'eps':<11}{'digits':>6}{'range':>6}"
+            f"  {'inf/NaN':<21}ml_dtypes"
+        )
+    else:
+        cols = (
+            f"{'name':<12}{'E':>2}{'M':>3}{'bias':>5}  {'max':<10}"
+            f"{'min norm':<9}{'min sub':<8}{'eps':<6}{'digits':>6}  inf/NaN"
+        )
     lines = [cols, "-" * len(cols)]
     for f in formats:
-        lines.append(
-            f"{f.name:<12}{f.bits:>4}{f.exponent_bits:>3}{f.mantissa_bits:>3}{f.bias:>5}  "
-            f"{_num(f.max):<11}{_num(f.min_normal):<12}{_num(f.min_subnormal):<12}"
-            f"{_num(f.eps):<11}"
-            f"{f.decimal_digits:>6.2f}{f.dynamic_range:>6.0f}  "
-            f"{_CONVENTION[f.convention]:<21}{f.dtype_name or '-'}"
-        )
+        bits = f"{f.bits:>4}{f.exponent_bits:>3}" if wide else f"{f.exponent_bits:>2}"
+        head = f"{f.name:<12}{bits}{f.mantissa_bits:>3}{f.bias:>5}  "
+        if wide:
+            lines.append(
+                f"{head}{_num(f.max):<11}{_num(f.min_normal):<12}"
+                f"{_num(f.min_subnormal):<12}{_num(f.eps):<11}"
+                f"{f.decimal_digits:>6.2f}{f.dynamic_range:>6.0f}  "
+                f"{_CONVENTION[f.convention]:<21}{f.dtype_name or '-'}"
+            )
+        else:
+            lines.append(
+                f"{head}{_num(f.max):<10}{_num(f.min_normal):<9}"
+                f"{_num(f.min_subnormal):<8}{_num(f.eps):<6}{f.decimal_digits:>6.2f}  "
+                f"{_CONVENTION_SHORT[f.convention]}"
+            )
     lines += [
         "",
         "E, M: exponent and mantissa bits (plus 1 sign bit). eps: spacing just above 1.",
-        "digits: decimal digits of precision, (M + 1) log10(2). range: binades (factors",
-        "of 2) from min subnormal to max. ml_dtypes: the NumPy type with these semantics.",
+        "max: largest finite value. min norm(al), min sub(normal): smallest of each kind.",
+        "digits: decimal digits of precision, (M + 1) log10(2).",
     ]
+    if wide:
+        lines += [
+            "range: binades (factors of 2) from min subnormal to max.",
+            "ml_dtypes: the NumPy type with these semantics.",
+        ]
+    else:
+        lines.append(
+            "fpsim formats --wide adds the range in binades and the ml_dtypes type."
+        )
     return "\n".join(lines)
 
 
 def _cmd_explain(args) -> int:
     value = parse_value(args.value)
     if args.all:
-        print(explain_all(value))
+        print(explain_all(value, wide=args.wide))
         return 0
-    fmt = get_format(args.format or "fp16")
+    fmt = get_format("fp16" if args.format is None else args.format)
     print(explain(value, fmt))
     return 0
 
 
 def _cmd_formats(args) -> int:
-    print(formats_table())
+    print(formats_table(wide=args.wide))
     return 0
 
 
 def _cmd_figures(args) -> int:
-    from fpsim.figures import write_figures
+    from fpsim.showcase.figures import write_figures
 
     for path in write_figures(args.outdir, only=args.only):
-        print(path)
+        print(path, flush=True)
     return 0
 
 
 def _cmd_demo(args) -> int:
-    if importlib.util.find_spec("fpsim.demo") is None:
-        print(
-            "fpsim: the demo is not available yet (fpsim/demo.py is missing)",
-            file=sys.stderr,
+    from fpsim.showcase import mlp_demo
+
+    return int(mlp_demo.run(steps=args.steps, seed=args.seed, outdir=args.outdir,
+                            fast=args.fast) or 0)  # fmt: skip
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {2**32 - 1}, got {text.strip()!r}"
         )
-        return 1
-    demo = importlib.import_module("fpsim.demo")
-    if hasattr(demo, "run"):
-        status = demo.run(
-            steps=args.steps, seed=args.seed, outdir=args.outdir, fast=args.fast
+    return seed
+
+
+def _steps(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, got {text.strip()!r}"
         )
-    else:
-        status = demo.main(args)
-    return int(status or 0)
+    return steps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fpsim",
         description="Look inside floating-point formats: bits, rounding, ranges, figures.",
     )
+    parser.add_argument("--version", action="version", version=f"fpsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
         "explain",
@@ -122,19 +176,32 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--format", "-f", help="format name (default fp16)")
     group.add_argument("--all", action="store_true", help="one line per predefined format")
+    p.add_argument(
+        "--wide", action="store_true", help="with --all: add the bit fields (122 columns)"
+    )
     p.set_defaults(run=_cmd_explain)
     p = sub.add_parser("formats", help="table of the predefined formats")
+    p.add_argument(
+        "--wide", action="store_true", help="every column, ml_dtypes too (119 columns)"
+    )
     p.set_defaults(run=_cmd_formats)
     p = sub.add_parser("figures", help="regenerate the figures (PNG)")
     p.add_argument("--outdir", default="figures", help="where to write (default figures)")
     p.add_argument("--only", nargs="*", metavar="NAME", help="only these file names")
     p.set_defaults(run=_cmd_figures)
-    p = sub.add_parser("demo", help="train a small model in several formats")
-    p.add_argument("--steps", type=int, default=None, help="training steps")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--outdir", default=None, help="where to write the demo's figures")
-    p.add_argument("--fast", action="store_true", help="a quick, small run")
+    p = sub.add_parser(
+        "demo",
+        help="train a small model in several formats",
+        description="Train a 64-128-128-128-10 MLP on scikit-learn's digits five ways "
+        "(float32, pure FP16, FP16 with loss scaling, BF16, FP8), print a table and "
+        "write four figures.",
+    )
+    p.add_argument("--steps", type=_steps, default=None, help=DEMO_HELP["steps"])
+    p.add_argument("--seed", type=_seed, default=0, help=DEMO_HELP["seed"])
+    p.add_argument("--outdir", default=None, help=DEMO_HELP["outdir"])
+    p.add_argument("--fast", action="store_true", help=DEMO_HELP["fast"])
     p.set_defaults(run=_cmd_demo)
+    parser.subcommands = sub.choices  # for usage errors of one command
     return parser
 
 
@@ -152,16 +219,42 @@ def _protect_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the exit flush cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``fpsim`` command; returns the exit status."""
+    """Run the ``fpsim`` command; returns the exit status.
+
+    0 on success (and when the reader of the output goes away: ``| head``), 2 for bad
+    input or output that cannot be written (one line on stderr, no traceback).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(_protect_negative_values(argv))
+        args, extra = parser.parse_known_args(_protect_negative_values(argv))
+        if extra:  # e.g. `fpsim explain 0.1 0.2`: the command's usage, not the top one
+            parser.subcommands[args.command].error(
+                f"unrecognized arguments: {' '.join(a.strip() for a in extra)}"
+            )
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return int(e.code or 0)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # `fpsim explain ... | head`: the reader has all it wants
+        _quiet_stdout()
+        return 0
+    except OSError as e:
+        _quiet_stdout()
+        print(f"fpsim {args.command}: error: cannot write: {e}", file=sys.stderr)
+        return 2
     except (CliError, ValueError, TypeError) as e:
         print(f"fpsim {args.command}: error: {e}", file=sys.stderr)
         return 2

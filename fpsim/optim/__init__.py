@@ -7,6 +7,7 @@ HALP bit centering with SVRG and low-precision SGD for comparison. Every transfo
 an optax ``GradientTransformation`` whose state is a NamedTuple of arrays.
 """
 
+from fpsim.optim._epoch import svrg_epoch as svrg_epoch
 from fpsim.optim._halp import HalpState as HalpState
 from fpsim.optim._halp import LpSgdState as LpSgdState
 from fpsim.optim._halp import SvrgState as SvrgState
@@ -15,8 +16,6 @@ from fpsim.optim._halp import halp_params as halp_params
 from fpsim.optim._halp import lp_sgd as lp_sgd
 from fpsim.optim._halp import svrg as svrg
 from fpsim.optim._halp import svrg_center as svrg_center
-from fpsim.optim._halp_demo import run_halp_least_squares as run_halp_least_squares
-from fpsim.optim._halp_demo import svrg_epoch as svrg_epoch
 from fpsim.optim._kahan import KahanParamsState as KahanParamsState
 from fpsim.optim._kahan import kahan_params as kahan_params
 from fpsim.optim._loss_scaling import VARIANTS as LOSS_SCALING_VARIANTS
@@ -55,7 +54,6 @@ __all__ = [
     "quantize_optimizer_state",
     "quantize_params",
     "quantize_updates",
-    "run_halp_least_squares",
     "scale_loss",
     "static_loss_scaling",
     "svrg",

@@ -20,13 +20,31 @@ from fpsim.plot._spacing import relative_error_plot as relative_error_plot
 from fpsim.plot._spacing import spacing_data as spacing_data
 from fpsim.plot._spacing import spacing_figure as spacing_figure
 from fpsim.plot._spacing import ulp_plot as ulp_plot
+from fpsim.plot._style import LINESTYLES as LINESTYLES
+from fpsim.plot._style import MARKERS as MARKERS
 from fpsim.plot._style import OKABE_ITO as OKABE_ITO
+from fpsim.plot._style import PALETTE as PALETTE
+from fpsim.plot._style import new_axes as new_axes
+from fpsim.plot._style import new_figure as new_figure
+from fpsim.plot._style import pow2_formatter as pow2_formatter
+from fpsim.plot._style import pow2_label as pow2_label
+from fpsim.plot._style import save as save
+from fpsim.plot._style import style as style
 from fpsim.plot._training import loss_scale_plot as loss_scale_plot
 from fpsim.plot._training import training_curves as training_curves
 from fpsim.plot._training import underflow_heatmap as underflow_heatmap
 
 __all__ = [
+    "LINESTYLES",
+    "MARKERS",
     "OKABE_ITO",
+    "PALETTE",
+    "new_axes",
+    "new_figure",
+    "pow2_formatter",
+    "pow2_label",
+    "save",
+    "style",
     "BandFractions",
     "NumberLine",
     "Spacing",

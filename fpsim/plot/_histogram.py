@@ -13,21 +13,26 @@ from typing import NamedTuple
 import numpy as np
 
 from fpsim.formats import Format, get_format
-from fpsim.plot._style import BANDS, band_span, new_axes, pow2_label
+from fpsim.plot._style import BANDS, band_span, new_axes, number_label, pow2_label
 from fpsim.stats import Log2Histogram, log2_histogram, value_counts
 
 
 class BandFractions(NamedTuple):
-    """Fractions of all values (zeros and inf/NaN included) in each band of a format.
+    """Where the values fall in a format's range, as fractions of the nonzero values.
+
+    One basis everywhere (figures, ``fpsim demo``'s "grads lost", ``fpsim.nn``'s
+    ``grad_underflow``): the four bands are fractions of the *nonzero finite* values,
+    so they sum to 1. Exact zeros stay zero in every format and are counted apart.
 
     Attributes:
       underflow: nonzero values that would be flushed to zero.
       subnormal: values that would become subnormal (fewer significant bits).
       normal: values that keep full relative precision.
       overflow: finite values too large: inf, NaN or max, depending on the format.
-      zero: inputs that are exactly zero.
-      nonfinite: inputs that are inf or NaN.
-      total: the number of values.
+      zero: inputs that are exactly zero, as a fraction of all values.
+      nonfinite: inputs that are inf or NaN, as a fraction of all values.
+      total: the number of values (zeros and inf/NaN included).
+      nonzero: the number of nonzero finite values (the basis of the four bands).
       exact: True when computed from the values (rounding to nearest, exact);
         False when estimated from a histogram by binade (a bin counts in the band its
         lower edge lies in, except that the binade just below the smallest subnormal
@@ -41,6 +46,7 @@ class BandFractions(NamedTuple):
     zero: float
     nonfinite: float
     total: int
+    nonzero: int
     exact: bool
 
 
@@ -73,24 +79,28 @@ def band_fractions(data, fmt: Format | str) -> BandFractions:
     if isinstance(data, Log2Histogram):
         counts = np.asarray(data.counts, np.int64)
         zeros, nonfinite = int(data.zeros), int(data.nonfinite)
-        total = int(counts.sum()) + zeros + nonfinite
+        nonzero = int(counts.sum())
+        total = nonzero + zeros + nonfinite
         bands = _band_of_bins(np.asarray(data.edges), fmt)
-        n = max(total, 1)
+        n, m = max(nonzero, 1), max(total, 1)
         per = {b: int(counts[bands == b].sum()) / n for b in BANDS}
         return BandFractions(
-            **per, zero=zeros / n, nonfinite=nonfinite / n, total=total, exact=False
-        )
+            **per, zero=zeros / m, nonfinite=nonfinite / m, total=total,
+            nonzero=nonzero, exact=False,
+        )  # fmt: skip
     c = value_counts(data, fmt)
     total = int(c.total)
-    n = max(total, 1)
+    nonzero = int(c.underflow) + int(c.subnormal) + int(c.normal) + int(c.overflow)
+    n, m = max(nonzero, 1), max(total, 1)
     return BandFractions(
         underflow=int(c.underflow) / n,
         subnormal=int(c.subnormal) / n,
         normal=int(c.normal) / n,
         overflow=int(c.overflow) / n,
-        zero=int(c.zero) / n,
-        nonfinite=(int(c.inf) + int(c.nan)) / n,
+        zero=int(c.zero) / m,
+        nonfinite=(int(c.inf) + int(c.nan)) / m,
         total=total,
+        nonzero=nonzero,
         exact=True,
     )
 
@@ -124,10 +134,13 @@ def range_histogram(
 ):
     """Histogram of ``log2|x|`` with the bands of ``fmt``'s range and their fractions.
 
-    One bar per binade ``[2**k, 2**(k+1))``. Background bands mark where values would
-    be flushed to zero (below ``fmt.min_subnormal``), become subnormal (up to
-    ``fmt.min_normal``), stay normal (up to ``fmt.max``), or overflow; the fraction of
-    all values in each band is written in it.
+    One bar per binade ``[2**k, 2**(k+1))``; the first bar also holds every smaller
+    value and the last every larger one (they are hatched and labelled so). Background
+    bands mark where values would be flushed to zero (below ``fmt.min_subnormal / 2``:
+    rounding to nearest lifts the binade just below ``min_subnormal`` up to it), become
+    subnormal (up to ``fmt.min_normal``), stay normal (up to ``fmt.max``), or overflow.
+    Each band is labelled with its share of the *nonzero* values, as
+    :func:`band_fractions` counts them: what is drawn is what is counted.
 
     Args:
       data: an array or pytree of arrays, or a :class:`fpsim.Log2Histogram`.
@@ -148,7 +161,7 @@ def range_histogram(
     fr = band_fractions(data, fmt)
     counts, edges = np.asarray(hist.counts), np.asarray(hist.edges, np.float64)
     ax = new_axes(ax, figsize=(10, 4.8))
-    ax.bar(
+    bars = ax.bar(
         edges[:-1],
         counts,
         width=1.0,
@@ -161,9 +174,10 @@ def range_histogram(
     )
     left, right = float(edges[0]), float(edges[-1])
     cuts = [math.log2(fmt.min_subnormal), float(fmt.emin), math.log2(fmt.max)]
+    flush_edge = cuts[0] - 1  # min_subnormal / 2: below it, rounding to nearest gives 0
     spans = {
-        "underflow": (left, cuts[0]),
-        "subnormal": (cuts[0], cuts[1]),
+        "underflow": (left, flush_edge),
+        "subnormal": (flush_edge, cuts[1]),
         "normal": (cuts[1], cuts[2]),
         "overflow": (cuts[2], right),
     }
@@ -179,7 +193,7 @@ def range_histogram(
         ax.text(
             x,
             0.97 - 0.11 * (i % 2),
-            f"{label}\n{100 * getattr(fr, name):.1f}%",
+            f"{label}\n{100 * getattr(fr, name):.1f}% of nonzero",
             transform=ax.get_xaxis_transform(),
             ha=ha,
             va="top",
@@ -188,22 +202,17 @@ def range_histogram(
             bbox={"facecolor": "white", "edgecolor": color, "alpha": 0.9},
         )
     names = ("min subnormal", "min normal", "max")
-    for x, name, value in zip(
-        cuts, names, (fmt.min_subnormal, fmt.min_normal, fmt.max), strict=True
-    ):
-        ax.axvline(x, color="black", linestyle="--", linewidth=1, zorder=2)
-        ax.text(
-            x,
-            0.55,
-            f" {name} = {value:.4g} ",
-            transform=ax.get_xaxis_transform(),
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=8,
-            zorder=4,
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
-        )
+    dashes = ("--", "-.", ":")
+    values = (fmt.min_subnormal, fmt.min_normal, fmt.max)
+    for x, name, value, ls in zip(cuts, names, values, dashes, strict=True):
+        ax.axvline(
+            x, color="black", linestyle=ls, linewidth=1.2, zorder=2,
+            label=f"{name} = {number_label(value)}", gid=f"edge:{name}",
+        )  # fmt: skip
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8, frameon=False
+    )
+    _mark_end_bars(ax, bars, counts, edges)  # after the legend, which shows a plain bar
     ax.set_xlim(left, right)
     top = (max(counts.max(), 1) if counts.size else 1) * (3 if logy else 1.35)
     if logy:  # set the scale first: limits set on a linear axis include the bars' 0
@@ -214,7 +223,7 @@ def range_histogram(
     step = max(1, math.ceil((right - left) / 16))
     ks = [k for k in range(math.ceil(left), math.floor(right) + 1) if k % step == 0]
     ax.set_xticks(ks, [pow2_label(k) for k in ks], fontsize=8)
-    ax.set_xlabel("|x|  (log2 scale, one bar per binade $[2^k, 2^{k+1})$)")
+    ax.set_xlabel("|x|  (log2 scale, one bar per binade $[2^k, 2^{k+1})$)", fontsize=9)
     ax.set_ylabel("number of values")
     note = "" if fr.exact else " (estimated by binade)"
     extra = []
@@ -225,9 +234,27 @@ def range_histogram(
     ax.set_title(
         title
         or (
-            f"{what}: {fr.total:,} values against the range of {fmt.name}{note}"
-            + (f"; not shown: {', '.join(extra)}" if extra else "")
+            f"{what}: {fr.nonzero:,} nonzero values against the range of {fmt.name}"
+            f"{note}" + (f"; not shown: {', '.join(extra)}" if extra else "")
         ),
         fontsize=10,
     )
     return ax
+
+
+def _mark_end_bars(ax, bars, counts, edges) -> None:
+    """Hatch and label the end bars: they hold every value beyond the histogram."""
+    if not len(counts):
+        return
+    ends = [(0, f"all < {pow2_label(edges[1])}"), (len(counts) - 1, "")]
+    ends[1] = (len(counts) - 1, f"all ≥ {pow2_label(edges[-2])}")
+    for i, text in ends:
+        if counts[i] == 0:
+            continue
+        bars[i].set_hatch("..")
+        bars[i].set_facecolor("0.55")
+        ax.annotate(
+            text, (edges[i] + 0.5, counts[i]), xytext=(0, 3), textcoords="offset points",
+            ha="left" if i == 0 else "right", va="bottom", fontsize=8, zorder=5,
+            gid="end_bar",
+        )  # fmt: skip

@@ -9,7 +9,7 @@ import numpy as np
 
 from fpsim.codec import all_values
 from fpsim.formats import Format, get_format
-from fpsim.plot._style import band_span, number_label, pow2_label
+from fpsim.plot._style import band_span, new_axes, number_label, pow2_label
 
 _OVERFLOW_GOES_TO = {
     "ieee": "overflow: rounds to ±inf",
@@ -79,8 +79,6 @@ def number_line(fmt: Format | str, *, ax=None, title: str | None = None, legend=
     fmt = get_format(fmt)
     if fmt.bits > 10:
         raise ValueError(f"{fmt.name} has {fmt.bits} bits; a number line shows at most 10")
-    from fpsim.plot._style import new_axes
-
     data = number_line_data(fmt)
     ax = new_axes(ax, figsize=(12, 2.6))
     lim = 2.0 * fmt.max
@@ -138,7 +136,7 @@ def number_line(fmt: Format | str, *, ax=None, title: str | None = None, legend=
         ax.annotate(
             f"{text} = {number_label(x)}",
             (x, 1.1 if high else 0.8),
-            ha="center",
+            ha="right" if text == "max" else "center",  # clear of the legend on the right
             va="bottom",
             fontsize=8,
         )

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fpsim.formats import Format, get_format
-from fpsim.plot._style import new_axes, pow2_label, style
+from fpsim.plot._style import new_axes, number_label, pow2_label, style
 from fpsim.rounding import ulp
 
 DEFAULT_FORMATS = ("fp32", "tf32", "bf16", "fp16", "e5m2", "e4m3")
@@ -56,17 +56,38 @@ def _draw(formats, ax, field: str):
             markevery=max(1, len(y) // 5),
             markersize=5,
             linewidth=1.4,
-            label=f"{fmt.name} (eps $2^{{{-fmt.mantissa_bits}}}$, max {fmt.max:.3g})",
+            label=f"{fmt.name} (eps {pow2_label(-fmt.mantissa_bits)}, "
+            f"{pow2_label(math.log2(fmt.min_subnormal))} to {number_label(fmt.max)})",
             gid=f"{field}:{fmt.name}",
         )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.grid(True, which="major", color="0.85", linewidth=0.5)
-    lo, hi = ax.get_xlim()
-    ks = range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)
-    ks = [k for k in ks if k % 16 == 0]
-    ax.set_xticks([2.0**k for k in ks], [pow2_label(k) for k in ks])
+    _pow2_ticks(ax.xaxis, *ax.get_xlim())
     return ax
+
+
+def _pow2_ticks(axis, lo: float, hi: float, most: int = 12) -> None:
+    """Ticks at powers of two, every 1, 2, 4, 8, 16 or 32 binades, at most ``most``."""
+    a, b = math.ceil(math.log2(lo)), math.floor(math.log2(hi))
+    step = next((s for s in (1, 2, 4, 8, 16, 32) if (b - a) // s < most), 64)
+    ks = [k for k in range(a, b + 1) if k % step == 0]
+    axis.set_ticks([2.0**k for k in ks], [pow2_label(k) for k in ks])
+
+
+def _zoom(axes, formats, lo: float, hi: float) -> None:
+    """Show magnitudes [lo, hi] only, with y limits fitted to what is visible there."""
+    for ax, field in zip(axes, ("ulp", "relative_error"), strict=True):
+        ys = []
+        for fmt in formats:
+            d = spacing_data(fmt)
+            inside = (d.x >= lo) & (d.x <= hi)
+            ys.append(getattr(d, field)[inside])
+        ys = np.concatenate(ys)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(ys.min() / 2, ys.max() * 2)
+        _pow2_ticks(ax.xaxis, lo, hi)
+        _pow2_ticks(ax.yaxis, ys.min() / 2, ys.max() * 2, most=9)
 
 
 def ulp_plot(formats: Sequence[Format | str] = DEFAULT_FORMATS, *, ax=None):
@@ -92,9 +113,8 @@ def relative_error_plot(formats: Sequence[Format | str] = DEFAULT_FORMATS, *, ax
     range, its height the format's precision.
     """
     ax = _draw(formats, new_axes(ax), "relative_error")
-    yk = [k for k in range(-24, 0) if k % 4 == 0]
-    ax.set_yticks([2.0**k for k in yk], [pow2_label(k) for k in yk])
-    ax.set_ylabel("worst relative rounding error\nin the binade (ulp / 2^k)")
+    _pow2_ticks(ax.yaxis, *ax.get_ylim(), most=9)
+    ax.set_ylabel("worst relative rounding error\nin the binade: (ulp / 2) / $2^k$")
     ax.set_xlabel("magnitude |x|  (left end: smallest subnormal; right end: max)")
     ax.set_title(
         "Relative error: precision is flat over the normal range, "
@@ -103,15 +123,33 @@ def relative_error_plot(formats: Sequence[Format | str] = DEFAULT_FORMATS, *, ax
     return ax
 
 
-def spacing_figure(formats: Sequence[Format | str] = DEFAULT_FORMATS):
-    """Spacing and relative error of several formats, stacked, sharing the x axis."""
+def spacing_figure(formats: Sequence[Format | str] = DEFAULT_FORMATS, *, xlim=None):
+    """Spacing and relative error of several formats, stacked, sharing the x axis.
+
+    Args:
+      formats: the formats to draw.
+      xlim: the magnitudes shown, ``(lo, hi)``. Default: the range of the formats
+        with at most 5 exponent bits (FP16, FP8), with a binade to spare, so that they
+        are not squeezed by FP32's 2^-149 .. 2^128 (wider formats run off the sides;
+        the legend gives each format's whole range). Without such formats: all.
+    """
     from matplotlib.figure import Figure
 
+    formats = [get_format(f) for f in formats]
     fig = Figure(figsize=(10, 7.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     ulp_plot(formats, ax=top)
     top.set_xlabel("")
     relative_error_plot(formats, ax=bottom)
+    narrow = [f for f in formats if f.exponent_bits <= 5]
+    if xlim is None and narrow and len(narrow) < len(formats):
+        xlim = (min(f.min_subnormal for f in narrow) / 2, max(f.max for f in narrow) * 2)
+    if xlim is not None:
+        _zoom((top, bottom), formats, *xlim)
+        bottom.set_xlabel(
+            "magnitude |x|  (each line: smallest subnormal to max; wider formats "
+            "continue off the sides)"
+        )
     top.legend(fontsize=8, loc="upper left", ncols=2)
     fig.suptitle(
         "Range versus precision: " + ", ".join(get_format(f).name for f in formats)

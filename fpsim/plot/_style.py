@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 #: Okabe-Ito palette (Okabe & Ito 2008), in an order that keeps neighbours distinct.
-OKABE_ITO = (
+PALETTE = OKABE_ITO = (
     "#0072B2",  # blue
     "#D55E00",  # vermillion
     "#009E73",  # bluish green
@@ -45,7 +45,11 @@ def band_span(ax, name: str, a: float, b: float, **kwargs):
 
 
 def style(i: int) -> dict:
-    """Line colour, line style and marker of the i-th series."""
+    """Line colour, line style and marker of the i-th series.
+
+    Use it for every series of a figure, ``ax.plot(x, y, **fpsim.plot.style(i))``, so
+    that neighbouring series differ in colour (colour-blind safe), dash and marker.
+    """
     return {
         "color": OKABE_ITO[i % 7],
         "linestyle": LINESTYLES[i % len(LINESTYLES)],
@@ -53,14 +57,39 @@ def style(i: int) -> dict:
     }
 
 
+def new_figure(figsize=(8.0, 4.5), rows: int = 1, *, pyplot: bool = False):
+    """A new Figure with ``rows`` stacked Axes: ``(fig, axes)``, ``axes`` an array.
+
+    With ``pyplot=False`` (scripts, ``fpsim figures``, tests) the Figure is standalone:
+    pyplot never sees it, so it is freed when dropped and never pops up. With
+    ``pyplot=True`` it is a pyplot figure, which a notebook shows inline.
+    """
+    if pyplot:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=figsize, layout="constrained")
+    else:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(rows, 1, squeeze=False)[:, 0]
+
+
 def new_axes(ax, figsize=(8.0, 4.5)):
-    """``ax`` itself, or the axes of a new pyplot figure (shown inline in notebooks)."""
+    """``ax`` itself, or the Axes of a new pyplot figure (shown inline in notebooks)."""
     if ax is not None:
         return ax
-    import matplotlib.pyplot as plt
+    return new_figure(figsize, pyplot=True)[1][0]
 
-    _, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return ax
+
+def save(fig, path, dpi: int = 110):
+    """Save ``fig`` as a reproducible PNG (no software/version stamp); returns the Path."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    return path
 
 
 def pow2_label(k: float) -> str:
@@ -76,3 +105,24 @@ def number_label(x: float) -> str:
     if k.is_integer() and not (0 <= k <= 10):
         return pow2_label(k)
     return f"{x:g}"
+
+
+def pow2_formatter(base_is_log2: bool = False):
+    """A tick formatter that writes powers of two as ``2^k`` (mathtext), for axes.
+
+    ``ax.xaxis.set_major_formatter(fpsim.plot.pow2_formatter())`` on a ``base=2`` log
+    axis labels 0.25 as 2^-2; with ``base_is_log2=True`` the data are already
+    exponents (a log2 histogram's x axis) and -2 is labelled 2^-2. Ticks that are not
+    powers of two keep a plain label.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(x, _pos=None):
+        if base_is_log2:
+            return pow2_label(x)
+        if x <= 0 or not math.isfinite(x):
+            return f"{x:g}"
+        k = math.log2(x)
+        return pow2_label(k) if k.is_integer() else f"{x:g}"
+
+    return FuncFormatter(fmt)

@@ -17,14 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fpsim.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP16
-
-
-def new_figure(figsize, rows=1):
-    """A pyplot-free Figure with ``rows`` stacked Axes (returned as an array)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(rows, 1, squeeze=False)[:, 0]
+from fpsim.plot._style import new_figure, save
 
 
 def numberline_e4m3():
@@ -85,9 +78,10 @@ def gradient_histogram_fp16():
 
 def _demo_figure(name: str):
     """One of the flagship demo's figures, from its recorded default run (seed 0)."""
-    from fpsim import demo
+    from fpsim.showcase import mlp_demo
 
-    return demo.figures(demo.run_experiment(demo.DEFAULT_STEPS, 0, quiet=True))[name]
+    results = mlp_demo.run_experiment(mlp_demo.DEFAULT_STEPS, 0, quiet=True)
+    return mlp_demo.figures(results)[name]
 
 
 def demo_training_curves():
@@ -128,14 +122,6 @@ FIGURES: list[tuple[str, Callable]] = [
 def register_figure(filename: str, function: Callable) -> None:
     """Add (or replace) a figure that ``fpsim figures`` writes."""
     FIGURES[:] = [(n, f) for n, f in FIGURES if n != filename] + [(filename, function)]
-
-
-def save(fig, path, dpi: int = 110) -> Path:
-    """Save a figure as a reproducible PNG (no software/version stamp in the file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    return path
 
 
 def write_figures(outdir="figures", only=None) -> list[Path]:
