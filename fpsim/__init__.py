@@ -76,6 +76,12 @@ _NAMES: dict[str, str] = {
     "FLOAT32_OPS": "fpsim.numerics",
     "quantizer": "fpsim.numerics",
     "fake_quant": "fpsim.numerics",
+    # models of tensor-core accumulators
+    "AccumulatorModel": "fpsim.numerics",
+    "ACCUMULATOR_PRESETS": "fpsim.numerics",
+    "get_accumulator": "fpsim.numerics",
+    "tc_dot_general": "fpsim.numerics",
+    "tc_matmul": "fpsim.numerics",
 }
 
 #: Subpackages, loaded as attributes on first use (``fpsim.nn``, ``fpsim.plot``, ...).
@@ -140,19 +146,24 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same table as _NAMES
         get_format,
     )
     from fpsim.numerics import (
+        ACCUMULATOR_PRESETS,
         FLOAT32_OPS,
         ORDERS,
         Accumulation,
+        AccumulatorModel,
         Emulated,
         EmulationPolicy,
         EmulationReport,
         emulate,
         fake_quant,
+        get_accumulator,
         lp_dot,
         lp_dot_general,
         lp_matmul,
         lp_sum,
         quantizer,
+        tc_dot_general,
+        tc_matmul,
     )
     from fpsim.rounding import (
         ROUNDING_MODES,

@@ -21,6 +21,9 @@ TOP_LEVEL = {
     "lp_sum", "lp_dot", "lp_matmul", "lp_dot_general", "ORDERS", "emulate", "Emulated",
     "EmulationPolicy", "EmulationReport", "Accumulation", "FLOAT32_OPS", "quantizer",
     "fake_quant",
+    # tensor-core accumulator models
+    "AccumulatorModel", "ACCUMULATOR_PRESETS", "get_accumulator", "tc_dot_general",
+    "tc_matmul",
 }  # fmt: skip
 SUBPACKAGES = {
     "cli", "comm", "nn", "numerics", "optim", "plot", "reference", "scaling", "showcase",
