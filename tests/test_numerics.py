@@ -40,7 +40,7 @@ def test_quantizer_none_is_identity_and_straight_through():
 
 
 def test_quantizer_stochastic_keys():
-    q = fpsim.quantizer("fp16", "e5m2", bwd_rounding="stochastic")
+    q = fpsim.quantizer("fp16", "e5m2", grad_rounding="stochastic")
     with pytest.raises(ValueError, match="key"):
         q(jnp.ones(3))
     g = jnp.full(4096, 1.1, jnp.float32)  # between e5m2 neighbours 1.0 and 1.25
@@ -94,8 +94,12 @@ def test_fp16_accumulator_stops_at_2048():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="valid"):
         fpsim.lp_sum(jnp.ones(3), order="random")
+    with pytest.raises(ValueError, match="all-reduce"):
+        fpsim.lp_sum(jnp.ones(3), accum="fp16", order="ring")
+    with pytest.raises(ValueError, match="now called 'pairwise'"):
+        fpsim.lp_sum(jnp.ones(3), accum="fp16", order="tree")
     with pytest.raises(ValueError, match="native"):
-        fpsim.lp_sum(jnp.ones(3), accum="fp16", order="native")
+        fpsim.lp_dot(jnp.ones(3), jnp.ones(3), products="fp16", order="native")
     with pytest.raises(ValueError, match="chunk"):
         fpsim.lp_sum(jnp.ones(3), order="chunked", chunk=0)
     with pytest.raises(ValueError, match="key"):
