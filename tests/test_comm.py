@@ -89,8 +89,8 @@ def ref_reduce(xs, fmt, order, rounding="nearest", key=None, mean=False, divide=
         while len(terms) > 1:
             half = len(terms) // 2
             k = fold(key, PAIR, level) if key is not None else None
-            left, right = np.stack(terms[0 : 2 * half : 2]), np.stack(terms[1 : 2 * half : 2])
-            pairs = ref_add(left, right, fmt, rounding, k)
+            left, right = terms[0 : 2 * half : 2], terms[1 : 2 * half : 2]
+            pairs = ref_add(np.stack(left), np.stack(right), fmt, rounding, k)
             terms = list(pairs) + terms[2 * half :]
             level += 1
         acc = terms[0]
