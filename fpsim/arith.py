@@ -152,6 +152,15 @@ def _exact_stochastic(a, b, fmt: Format, key, saturate: bool = False) -> jax.Arr
     return quantize(x, fmt, "stochastic", key=key, saturate=saturate)
 
 
+def _is_ieee_fp16(fmt: Format) -> bool:
+    return (fmt.exponent_bits, fmt.mantissa_bits, fmt.emin, fmt.convention) == (
+        5,
+        10,
+        -14,
+        "ieee",
+    )
+
+
 def check_exact_sum(fmt: Format, rounding: str, c: _bits.Carrier = _bits.F32) -> None:
     """Raise unless :func:`add_round` rounds sums to ``fmt`` exactly in ``rounding``.
 
@@ -191,6 +200,10 @@ def add_round(a, b, fmt: Format, rounding: str = "nearest", key=None, *,
     check_exact_sum(fmt, rounding, c)
     if rounding == "stochastic":
         return _exact_stochastic(a, b, fmt, key, saturate)
+    if rounding == "nearest" and not saturate and c == _bits.F32 and _is_ieee_fp16(fmt):
+        # XLA's own float32 -> float16 conversion rounds to nearest even, subnormals
+        # included: the same bits as quantize, at a fraction of the cost in a long scan
+        return sum_to_odd(a, b).astype(jnp.float16).astype(jnp.float32)
     return quantize(sum_to_odd(a, b), fmt, rounding, saturate=saturate)
 
 

@@ -301,3 +301,21 @@ def test_native_order_narrow_accumulator_rounds_once():
     x = np.array([2048.0, 1.0, 1.0], np.float32)
     assert float(fpsim.lp_sum(x, accum="fp16", order="native")) == 2050.0
     assert float(fpsim.lp_sum(x, accum="fp16", order="sequential")) == 2048.0
+
+
+def test_fp16_fast_path_equals_quantize():
+    """add_round to FP16 uses XLA's float16 conversion after round-to-odd: it must give
+    quantize's bits on ties, subnormals, overflow and NaN alike."""
+    from conftest import assert_bits_equal
+
+    from fpsim.arith import add_round, sum_to_odd
+
+    rng = np.random.default_rng(5)
+    n = 200_000
+    a = (rng.standard_normal(n) * 2.0 ** rng.integers(-30, 17, n)).astype(np.float32)
+    b = (rng.standard_normal(n) * 2.0 ** rng.integers(-40, 17, n)).astype(np.float32)
+    a[:6] = [2048.0, 65504.0, 65520.0, 2.0**-24, 2.0**-25, np.nan]
+    b[:6] = [1.0 + 2.0**-20, 16.0, -(2.0**-30), 2.0**-26, 2.0**-40, 1.0]
+    got = add_round(jnp.asarray(a), jnp.asarray(b), fpsim.FP16)
+    want = fpsim.quantize(sum_to_odd(jnp.asarray(a), jnp.asarray(b)), fpsim.FP16)
+    assert_bits_equal(got, want)
