@@ -23,18 +23,22 @@ import optax  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from fpsim.comm import data_parallel_grads, lp_all_reduce  # noqa: E402
+import fpsim  # noqa: E402
+from fpsim.comm import lp_all_reduce  # noqa: E402
+from fpsim.nn import data_parallel_grads  # noqa: E402
 
 #: (name, fmt, order, rounding, mean, divide, wire_format): the collective cases.
 CASES = [
     ("ring_nearest_sum", "fp16", "ring", "nearest", False, "after", None),
     ("ring_sr_mean", "fp16", "ring", "stochastic", True, "after", None),
-    ("tree_nearest_before", "fp16", "tree", "nearest", True, "before", None),
-    ("tree_sr_sum", "bf16", "tree", "stochastic", False, "after", None),
+    ("tree_nearest_before", "fp16", "pairwise", "nearest", True, "before", None),
+    ("tree_sr_sum", "bf16", "pairwise", "stochastic", False, "after", None),
     ("seq_nearest_wire", "e5m2", "sequential", "nearest", True, "after", "fp16"),
-    ("fp32_nearest_mean", "fp16", "fp32_then_round", "nearest", True, "after", None),
+    ("seq_sr_sum", "fp16", "sequential", "stochastic", False, "after", None),
+    ("fp32_nearest_mean", "fp16", "native", "nearest", True, "after", None),
 ]
 SR_SEED = 7
+SR_EXACT_N = 1 << 16
 LR = 0.125
 
 
@@ -112,6 +116,20 @@ def main(path: str) -> None:
         # out_specs=P("data") keeps every device's copy: all four must agree
         results[name] = np.asarray(f(x, key))
 
+    # exact stochastic rounding in the collective: device 0 sends 1, device 1 2**-30,
+    # in a 21-bit accumulator: P(1 + 2**-30 rounds up) = 2**-30 / 2**-21 = 2**-9
+    e8m21 = fpsim.Format("e8m21", 8, 21)
+    g = np.zeros((4, SR_EXACT_N), np.float32)
+    g[0], g[1] = 1.0, 2.0**-30
+    f = jax.jit(
+        jax.shard_map(
+            lambda v, k: lp_all_reduce(v[0], "data", e8m21, order="sequential",
+                                       rounding="stochastic", key=k),
+            mesh=mesh, in_specs=(P("data"), P()), out_specs=P(),
+        )
+    )  # fmt: skip
+    results["sr_exact_e8m21"] = np.asarray(f(g, key))
+
     # divide before vs after on 2 and 4 real devices
     for n in (2, 4):
         sub = Mesh(np.array(devices[:n]), ("data",))
@@ -141,7 +159,7 @@ def main(path: str) -> None:
 
     # the same under a precision policy of fpsim.nn, reduced in BF16 (tree order)
     loss_fn, params, batch = policy_problem()
-    _, grads = data_parallel_grads(loss_fn, mesh, "bf16", order="tree")(params, batch)
+    _, grads = data_parallel_grads(loss_fn, mesh, "bf16", order="pairwise")(params, batch)
     for i, leaf in enumerate(jax.tree_util.tree_leaves(grads)):
         results[f"policy_grads_{i}"] = np.asarray(leaf)
     np.savez(path, **results)

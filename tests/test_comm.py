@@ -2,10 +2,11 @@
 
 The reference below simulates each reduction order on the host, one addition at a
 time: round-to-nearest additions are the *exact* sum (Fractions) rounded by the exact
-reference rounder of conftest; stochastic additions are the float32 sum rounded by
-``fpsim.quantize`` with the per-addition key the module documents; the wire and the
-final division use ml_dtypes. The collectives run on 4 simulated CPU devices in a child
-process (tests/_multidevice_check.py), so the rest of the suite keeps one device.
+reference rounder of conftest; stochastic additions are the float32 sum (exact for the
+data used) rounded by ``fpsim.quantize`` with the per-addition key fpsim.comm documents
+(``derive(key, tag, ...)``: 0 sequential, 20 pairwise, 30 native, 40 ring); the wire
+and the final division use ml_dtypes. The collectives run on 4 simulated CPU devices in
+a child process (tests/_multidevice_check.py), so the rest of the suite keeps one device.
 """
 
 from __future__ import annotations
@@ -24,14 +25,8 @@ import pytest
 from conftest import assert_bits_equal, ml_round, ref_round
 
 import fpsim
-from fpsim.comm import (
-    DIVIDE_CHOICES,
-    REDUCE_ORDERS,
-    data_parallel_grads,
-    lp_all_reduce,
-    lp_reduce,
-    wire_counts,
-)
+from fpsim.comm import DIVIDE_CHOICES, ORDERS, lp_all_reduce, lp_reduce, wire_counts
+from fpsim.nn import data_parallel_grads
 
 F32 = np.float32
 
@@ -59,6 +54,9 @@ def fold(key, *data):
     return key
 
 
+SEQ, PAIR, NATIVE, RING = 0, 20, 30, 40
+
+
 def ref_reduce(xs, fmt, order, rounding="nearest", key=None, mean=False, divide="after",
                wire=None):  # fmt: skip
     fmt = fpsim.get_format(fmt)
@@ -70,7 +68,7 @@ def ref_reduce(xs, fmt, order, rounding="nearest", key=None, mean=False, divide=
         acc = c[0]
         for s in range(1, n):
             acc = ref_add(
-                acc, c[s], fmt, rounding, fold(key, s) if key is not None else None
+                acc, c[s], fmt, rounding, fold(key, SEQ, s) if key is not None else None
             )
     elif order == "ring":
         size = int(np.prod(shape))
@@ -82,29 +80,28 @@ def ref_reduce(xs, fmt, order, rounding="nearest", key=None, mean=False, divide=
         for k in range(n):
             acc = pieces[(k + 1) % n, k]
             for s in range(1, n):
-                k_s = fold(key, s, k) if key is not None else None
+                k_s = fold(key, RING, s, k) if key is not None else None
                 acc = ref_add(acc, pieces[(k + 1 + s) % n, k], fmt, rounding, k_s)
             chunks.append(acc)
         acc = np.concatenate(chunks)[:size].reshape(shape)
-    elif order == "tree":
+    elif order == "pairwise":  # one key per level, for all its pairs at once
         terms, level = list(c), 0
         while len(terms) > 1:
-            pairs = [
-                ref_add(terms[2 * j], terms[2 * j + 1], fmt, rounding,
-                        fold(key, level, j) if key is not None else None)
-                for j in range(len(terms) // 2)
-            ]  # fmt: skip
-            terms = pairs + terms[2 * len(pairs) :]
+            half = len(terms) // 2
+            k = fold(key, PAIR, level) if key is not None else None
+            left, right = terms[0 : 2 * half : 2], terms[1 : 2 * half : 2]
+            pairs = ref_add(np.stack(left), np.stack(right), fmt, rounding, k)
+            terms = list(pairs) + terms[2 * half :]
             level += 1
         acc = terms[0]
-    else:  # fp32_then_round
+    else:  # native: a float32 buffer (exact for the data used), rounded once
         acc = c[0]
         for s in range(1, n):
             acc = (acc + c[s]).astype(F32)
         if rounding == "nearest":
             acc = ml_round(acc, fmt)
         else:
-            acc = np.asarray(fpsim.quantize(acc, fmt, "stochastic", key=fold(key, 0)))
+            acc = np.asarray(fpsim.quantize(acc, fmt, "stochastic", key=fold(key, NATIVE)))
     if mean and divide == "after":
         acc = ml_round(acc / F32(n), fmt)
     return np.asarray(acc, F32)
@@ -119,7 +116,7 @@ def underflow_ref(g: np.ndarray, wire, divide: str) -> int:
 # --------------------------------------------------------------------------------------
 # Single device: lp_reduce, also for "virtual" device counts
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("order", REDUCE_ORDERS)
+@pytest.mark.parametrize("order", ["sequential", "ring", "pairwise", "native"])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_lp_reduce_matches_reference(order, rounding):
     xs = child.per_device_data()[:, :2]  # 4 devices x (2, 5): 10 elements, ring pads
@@ -128,7 +125,7 @@ def test_lp_reduce_matches_reference(order, rounding):
     assert_bits_equal(got, ref_reduce(xs, "fp16", order, rounding, key))
 
 
-@pytest.mark.parametrize(("n", "order"), [(3, "ring"), (5, "tree"), (5, "ring")])
+@pytest.mark.parametrize(("n", "order"), [(3, "ring"), (5, "pairwise"), (5, "ring")])
 def test_lp_reduce_odd_device_counts(n, order):
     rng = np.random.default_rng(n)
     xs = (rng.normal(size=(n, 7)) * 2.0 ** rng.integers(-8, 8, size=(n, 7))).astype(F32)
@@ -144,12 +141,12 @@ def test_order_matters_and_axis():
     """Four FP16 values whose sum depends on the order; axis= picks the device axis."""
     xs = np.array([2048.0, 1.0, 1.0, -2048.0], F32)[:, None]
     seq = float(lp_reduce(xs, "fp16", order="sequential")[0])
-    tree = float(lp_reduce(xs, "fp16", order="tree")[0])
-    wide = float(lp_reduce(xs, "fp16", order="fp32_then_round")[0])
+    tree = float(lp_reduce(xs, "fp16", order="pairwise")[0])
+    wide = float(lp_reduce(xs, "fp16", order="native")[0])
     # sequential: 2048+1 -> 2048 (tie to even), +1 -> 2048, -2048 -> 0
     # tree: (2048+1) -> 2048, (1-2048) -> -2047, sum 1; float32: exact 2
     assert (seq, tree, wide) == (0.0, 1.0, 2.0)
-    assert_bits_equal(lp_reduce(xs.T, "fp16", axis=1, order="tree"), [1.0])
+    assert_bits_equal(lp_reduce(xs.T, "fp16", axis=1, order="pairwise"), [1.0])
 
 
 def test_single_device_is_the_wire_value():
@@ -157,7 +154,7 @@ def test_single_device_is_the_wire_value():
     assert_bits_equal(lp_reduce(x, "fp16"), ml_round(x[0], fpsim.FP16))
 
 
-@pytest.mark.parametrize("order", ["ring", "tree"])
+@pytest.mark.parametrize("order", ["ring", "pairwise"])
 def test_stochastic_reduction_is_unbiased(order):
     """Device 0 holds 1.0, seven more hold 2**-13: an eighth of FP16's ulp at 1. Round to
     nearest drops every one of them (swamping); stochastic rounding keeps them on
@@ -214,8 +211,11 @@ def test_divide_before_underflow_grows():
 # --------------------------------------------------------------------------------------
 def test_bad_input_errors():
     x = np.ones((2, 3), F32)
-    with pytest.raises(ValueError, match="valid: sequential, ring, tree, fp32_then_round"):
+    with pytest.raises(ValueError, match="valid: " + ", ".join(ORDERS)):
         lp_reduce(x, "fp16", order="butterfly")
+    for old, new in [("tree", "pairwise"), ("fp32_then_round", "native")]:
+        with pytest.raises(ValueError, match=f"now called '{new}'"):
+            lp_reduce(x, "fp16", order=old)
     with pytest.raises(ValueError, match="valid: 'after'"):
         lp_reduce(x, "fp16", mean=True, divide="during")
     with pytest.raises(ValueError, match="needs key"):
@@ -348,7 +348,7 @@ def test_data_parallel_under_fpsim_nn_policy(multi):
               for d in range(4)]  # fmt: skip
     per_leaf = zip(*(jax.tree_util.tree_leaves(s) for s in shards), strict=True)
     for i, leaves in enumerate(per_leaf):
-        want = ref_reduce(np.stack(leaves), "bf16", "tree", mean=True)
+        want = ref_reduce(np.stack(leaves), "bf16", "pairwise", mean=True)
         assert_bits_equal(multi[f"policy_grads_{i}"], want)
 
 
@@ -356,10 +356,66 @@ def test_directed_rounding_in_the_reduction_is_exact():
     # 2048 + 2^-24: rounding "up" to FP16 must give 2050; a float32 sum rounded again
     # lands on 2048 (float32 rounds the tiny addend away before the directed rounding)
     xs = np.asarray([[2048.0], [2.0**-24]], np.float32)
-    for order in ("sequential", "tree", "ring"):
+    for order in ("sequential", "pairwise", "ring", "chunked", "kahan"):
         assert float(lp_reduce(xs, "fp16", order=order, rounding="up")[0]) == 2050.0
         assert (
             float(lp_reduce(-xs, "fp16", order=order, rounding="toward_zero")[0]) == -2048
         )
     with pytest.raises(ValueError, match="cannot be simulated exactly"):
         lp_reduce(xs, "fp32", order="sequential", rounding="down")
+
+
+def test_stochastic_rounding_of_the_exact_sum():
+    """1 + 2**-30 in a 21-bit accumulator rounds up with probability 2**-9 (the exact
+    remainder over the spacing), not the 0.25 of rounding float32's 1 + 2**-30 (= 1 +
+    2**-23 after round-to-odd): lp_reduce and lp_all_reduce (4 devices) alike."""
+    e8m21 = fpsim.Format("e8m21", 8, 21)
+    n = child.SR_EXACT_N
+    xs = np.zeros((2, n), F32)
+    xs[0], xs[1] = 1.0, 2.0**-30
+    for order in ("sequential", "pairwise", "ring"):
+        got = np.asarray(lp_reduce(xs, e8m21, order=order, rounding="stochastic",
+                                   key=jax.random.key(5)))  # fmt: skip
+        assert set(np.unique(got)) <= {1.0, 1.0 + 2.0**-21}
+        ups, want = int((got > 1).sum()), n * 2.0**-9
+        assert abs(ups - want) < 5 * np.sqrt(want), (order, ups)
+
+
+def test_stochastic_rounding_of_the_exact_sum_on_devices(multi):
+    got = multi["sr_exact_e8m21"]
+    assert set(np.unique(got)) <= {1.0, 1.0 + 2.0**-21}
+    ups, want = int((got > 1).sum()), child.SR_EXACT_N * 2.0**-9
+    assert abs(ups - want) < 5 * np.sqrt(want), ups
+
+
+def test_float64_input_under_x64():
+    """Float64 contributions are reduced in float64 (the carrier), every order."""
+    rng = np.random.default_rng(4)
+    xs = rng.normal(size=(4, 5)) / 3
+    with jax.enable_x64(True):
+        for order in ("sequential", "pairwise", "ring", "native", "kahan"):
+            got = lp_reduce(jax.numpy.asarray(xs), "fp16", order=order)
+            assert got.shape == (5,) and got.dtype == np.float64
+            # float64 -> FP16 wire (one rounding), then exact sums: float32 agrees
+            wire = np.asarray(fpsim.quantize(jax.numpy.asarray(xs), "fp16"), F32)
+            want = lp_reduce(wire, "fp16", order=order)
+            if order != "native":
+                assert_bits_equal(np.asarray(got, F32), want)
+
+
+def test_data_parallel_checks_batch_leaves():
+    """Leaves are checked as jax.vmap checks mapped arguments (issue 11, item 12)."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    params, batch = child.mlp_problem()
+    grads_fn = data_parallel_grads(child.mlp_loss, mesh, "fp16")
+    bad = dict(batch, y=batch["y"][:4])  # x has 16 rows, y 4
+    with pytest.raises(ValueError, match=r"different leading .*batch\['x'\]: 16.*: 4"):
+        grads_fn(params, bad)
+    with pytest.raises(ValueError, match=r"batch\['w'\] is a scalar"):
+        grads_fn(params, dict(batch, w=2.0))
+    with pytest.raises(ValueError, match=r"batch\['w'\]\[0\] is a scalar"):
+        grads_fn(params, dict(batch, w=[1.0, 2.0]))
+    with pytest.raises(TypeError, match="str"):
+        grads_fn(params, dict(batch, w="abc"))
+    loss, _ = grads_fn(params, batch)
+    assert np.isfinite(float(loss))

@@ -40,7 +40,7 @@ def test_quantizer_none_is_identity_and_straight_through():
 
 
 def test_quantizer_stochastic_keys():
-    q = fpsim.quantizer("fp16", "e5m2", bwd_rounding="stochastic")
+    q = fpsim.quantizer("fp16", "e5m2", grad_rounding="stochastic")
     with pytest.raises(ValueError, match="key"):
         q(jnp.ones(3))
     g = jnp.full(4096, 1.1, jnp.float32)  # between e5m2 neighbours 1.0 and 1.25
@@ -94,8 +94,12 @@ def test_fp16_accumulator_stops_at_2048():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="valid"):
         fpsim.lp_sum(jnp.ones(3), order="random")
+    with pytest.raises(ValueError, match="all-reduce"):
+        fpsim.lp_sum(jnp.ones(3), accum="fp16", order="ring")
+    with pytest.raises(ValueError, match="now called 'pairwise'"):
+        fpsim.lp_sum(jnp.ones(3), accum="fp16", order="tree")
     with pytest.raises(ValueError, match="native"):
-        fpsim.lp_sum(jnp.ones(3), accum="fp16", order="native")
+        fpsim.lp_dot(jnp.ones(3), jnp.ones(3), products="fp16", order="native")
     with pytest.raises(ValueError, match="chunk"):
         fpsim.lp_sum(jnp.ones(3), order="chunked", chunk=0)
     with pytest.raises(ValueError, match="key"):
@@ -187,3 +191,131 @@ def test_float32_accumulator_refuses_modes_it_cannot_simulate():
         fpsim.lp_sum(np.ones(4, np.float32), accum="fp32", rounding="up")
     with pytest.raises(ValueError, match="cannot be simulated exactly"):
         fpsim.lp_dot(np.ones(4, np.float32), np.ones(4, np.float32), rounding="toward_zero")
+
+
+# --- exact stochastic rounding of sums (issue 11, item 1) ----------------------------
+E8M21 = fpsim.Format("e8m21", 8, 21)
+
+
+def test_stochastic_sum_fp16_mean_excess():
+    """1 + 4096 * 2**-24 in an FP16 accumulator: every partial sum rounds up with
+    probability (exact remainder) / ulp, so the mean excess over 1 is 4096 * 2**-24 =
+    2.44e-4 (rounding float32's 1 + 2**-24 = 1 + 2**-23 after round-to-odd gave 4.9e-4)."""
+    cols = 2048
+    x = np.full((4097, cols), 2.0**-24, np.float32)
+    x[0] = 1.0
+    got = np.asarray(fpsim.lp_sum(x, axis=0, accum="fp16", rounding="stochastic",
+                                  key=jax.random.key(0)), np.float64)  # fmt: skip
+    excess = got - 1.0
+    want = 4096 * 2.0**-24
+    sigma = excess.std() / np.sqrt(cols)
+    assert abs(excess.mean() - want) < 4 * sigma, (excess.mean(), want, sigma)
+    assert excess.mean() < 3.5e-4
+
+
+def _ups(values) -> int:
+    values = np.asarray(values)
+    assert set(np.unique(values)) <= {1.0, 1.0 + 2.0**-21}
+    return int((values > 1).sum())
+
+
+@pytest.mark.parametrize("order", ["sequential", "pairwise", "chunked", "kahan"])
+def test_stochastic_sum_custom_accumulator_probability(order):
+    """1 + 2**-30 rounded to 21 mantissa bits goes up with probability 2**-9 (was 1/4)."""
+    n = 1 << 16
+    want = n * 2.0**-9
+    key = jax.random.key(1)
+    x = np.zeros((2, n), np.float32)
+    x[0], x[1] = 1.0, 2.0**-30
+    s = fpsim.lp_sum(x, axis=0, accum=E8M21, order=order, rounding="stochastic", key=key)
+    assert abs(_ups(s) - want) < 5 * np.sqrt(want)
+    ones = np.ones((n, 2), np.float32)
+    d = fpsim.lp_dot(x.T, ones, accum=E8M21, order=order, rounding="stochastic", key=key)
+    assert abs(_ups(d) - want) < 5 * np.sqrt(want)
+    a, b = x.T.reshape(n // 256, 256, 2), np.ones((2, 1), np.float32)
+    m = fpsim.lp_matmul(a, b, accum=E8M21, order=order, rounding="stochastic", key=key)
+    assert abs(_ups(m) - want) < 5 * np.sqrt(want)
+
+
+def test_stochastic_threshold_is_exact():
+    """The draw against |err| / |t - s| uses ceil(f * 2**32), checked with Fractions."""
+    from fpsim import _bits
+    from fpsim.arith import _fraction_threshold, two_sum
+
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(4000) * 2.0 ** rng.integers(-20, 20, 4000)).astype(np.float32)
+    b = (rng.standard_normal(4000) * 2.0 ** rng.integers(-40, 0, 4000)).astype(np.float32)
+    a[:8] = [1.0, 1.0, -1.0, 2.0, 0.5, 1.0, -4.0, 3.0]  # powers of two, stepping down
+    b[:8] = [-(2.0**-30), 2.0**-30, 2.0**-30, -(2.0**-26), -(2.0**-60), 2.0**-24, 1e-7, 0]
+    s, err = (np.asarray(v) for v in two_sum(jnp.asarray(a), jnp.asarray(b)))
+    got = np.asarray(_fraction_threshold(jnp.asarray(s), jnp.asarray(err), _bits.F32))
+    for si, ei, g in zip(s, err, got, strict=True):
+        if ei == 0:
+            continue
+        t = np.nextafter(si, np.float32(np.copysign(np.inf, ei)))
+        f = Fraction(abs(float(ei))) / abs(Fraction(float(t)) - Fraction(float(si)))
+        assert 0 < f <= Fraction(1, 2)
+        assert int(g) == -(-(f * 2**32).numerator // (f * 2**32).denominator), (si, ei)
+
+
+# --- float64 input under x64 (issue 11, item 2) --------------------------------------
+@pytest.mark.parametrize("order", ["sequential", "pairwise", "chunked", "kahan", "native"])
+def test_float64_input_under_x64(order):
+    with jax.enable_x64(True):
+        x = jnp.arange(1, 9, dtype=jnp.float64) / 3
+        got = fpsim.lp_sum(x, accum="fp16", order=order, chunk=3)
+        assert got.dtype == jnp.float64 and got.shape == ()
+        terms = [Fraction(rnd(Fraction(float(v)), fpsim.FP16)) for v in np.asarray(x)]
+        if order == "native":  # the float64 sum, rounded once
+            want = rnd(sum(Fraction(float(v)) for v in terms), fpsim.FP16)
+            assert abs(float(got) - want) <= 2.0**-8
+        else:
+            assert float(got) == float(ordered_sum(terms, fpsim.FP16, order, chunk=3))
+        if order == "pairwise":
+            assert float(got) == 12.0
+        two = jnp.stack([x, x[::-1]], axis=1)
+        assert fpsim.lp_sum(two, axis=0, accum="fp16", order=order).shape == (2,)
+        a = jnp.asarray(np.random.default_rng(1).standard_normal((3, 11)))
+        b = jnp.asarray(np.random.default_rng(2).standard_normal((11, 2)))
+        if order != "native":
+            m = fpsim.lp_matmul(a, b, inputs="fp16", accum="fp16", order=order, chunk=3)
+            assert m.shape == (3, 2) and m.dtype == jnp.float64
+            for i, j in [(0, 0), (2, 1)]:
+                want = _ref_dot64(np.asarray(a)[i], np.asarray(b)[:, j], order)
+                assert float(m[i, j]) == want
+        d = fpsim.lp_dot(a, a, accum="fp32", order=order, chunk=3)
+        assert d.shape == (3,) and d.dtype == jnp.float64
+        sr = fpsim.lp_sum(x, accum="fp16", order=order, rounding="stochastic",
+                          key=jax.random.key(0))  # fmt: skip
+        assert sr.dtype == jnp.float64 and abs(float(sr) - 12.0) <= 0.05
+
+
+def _ref_dot64(a, b, order):
+    a = [rnd(Fraction(float(v)), fpsim.FP16) for v in a]
+    b = [rnd(Fraction(float(v)), fpsim.FP16) for v in b]
+    terms = [Fraction(x) * Fraction(y) for x, y in zip(a, b, strict=True)]
+    return float(ordered_sum(terms, fpsim.FP16, order, chunk=3))
+
+
+def test_native_order_narrow_accumulator_rounds_once():
+    x = np.array([2048.0, 1.0, 1.0], np.float32)
+    assert float(fpsim.lp_sum(x, accum="fp16", order="native")) == 2050.0
+    assert float(fpsim.lp_sum(x, accum="fp16", order="sequential")) == 2048.0
+
+
+def test_fp16_fast_path_equals_quantize():
+    """add_round to FP16 uses XLA's float16 conversion after round-to-odd: it must give
+    quantize's bits on ties, subnormals, overflow and NaN alike."""
+    from conftest import assert_bits_equal
+
+    from fpsim.arith import add_round, sum_to_odd
+
+    rng = np.random.default_rng(5)
+    n = 200_000
+    a = (rng.standard_normal(n) * 2.0 ** rng.integers(-30, 17, n)).astype(np.float32)
+    b = (rng.standard_normal(n) * 2.0 ** rng.integers(-40, 17, n)).astype(np.float32)
+    a[:6] = [2048.0, 65504.0, 65520.0, 2.0**-24, 2.0**-25, np.nan]
+    b[:6] = [1.0 + 2.0**-20, 16.0, -(2.0**-30), 2.0**-26, 2.0**-40, 1.0]
+    got = add_round(jnp.asarray(a), jnp.asarray(b), fpsim.FP16)
+    want = fpsim.quantize(sum_to_odd(jnp.asarray(a), jnp.asarray(b)), fpsim.FP16)
+    assert_bits_equal(got, want)

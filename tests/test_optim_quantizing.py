@@ -111,6 +111,22 @@ def test_apply_updates_rounds_the_exact_sum_once():
     assert float(got[0]) == 1.0 + 2**-7  # fl32(p + u) would be the tie 1 + 2**-8 -> 1.0
 
 
+def test_apply_updates_fp32_is_one_rounding():
+    """1 + 2**-25 rounds to 1.0 in FP32 (issue 11, item 3: round-to-odd into float32
+    itself gave 1 + 2**-23); directed and stochastic modes stay exact for 22 and 23
+    mantissa bits where the carrier allows it."""
+    assert float(fpsim.optim.apply_updates(1.0, 2.0**-25, "fp32")) == 1.0
+    assert float(fpsim.optim.apply_updates(1.0, 3 * 2.0**-25, "fp32")) == 1.0 + 2**-23
+    e8m22 = fpsim.Format("e8m22", 8, 22)
+    assert float(fpsim.optim.apply_updates(1.0, 2.0**-40, e8m22, "up")) == 1.0 + 2**-22
+    key = jax.random.key(0)
+    n = 1 << 16
+    got = fpsim.optim.apply_updates(jnp.ones(n), jnp.full(n, 2.0**-30), "fp32",
+                                    "stochastic", key=key)  # fmt: skip
+    ups, want = int((np.asarray(got) > 1).sum()), n * 2.0**-7  # 2**-30 / 2**-23
+    assert abs(ups - want) < 5 * np.sqrt(want)
+
+
 # ---- stagnation: minimise (p - 1.3)**2 / 2 from p = 1 with lr 1e-3 ----------------------
 TARGET, LR, STEPS = 1.3, 1e-3, 3000
 

@@ -18,6 +18,7 @@ from fpsim.nn._apply import init_state as init_state
 from fpsim.nn._apply import underflow_fraction as underflow_fraction
 from fpsim.nn._apply import value_and_grad as value_and_grad
 from fpsim.nn._context import LAYER_NAMES as LAYER_NAMES
+from fpsim.nn._data_parallel import data_parallel_grads as data_parallel_grads
 from fpsim.nn._dot_general import quantized_dot_general as quantized_dot_general
 from fpsim.nn._nnx import instrument as instrument
 from fpsim.nn._policy import PRESET_NAMES as PRESET_NAMES

@@ -33,8 +33,8 @@ def quantized_dot_general(
       >>> layer(jnp.ones((1, 2))).shape
       (1, 2)
     """
-    q_in = quantizer(fwd, None, fwd_rounding=rounding, saturate=saturate)
-    q_out = quantizer(None, bwd, bwd_rounding=rounding, saturate=saturate)
+    q_in = quantizer(fwd, None, rounding=rounding, saturate=saturate)
+    q_out = quantizer(None, bwd, grad_rounding=rounding, saturate=saturate)
 
     def dot_general(lhs, rhs, dimension_numbers, precision=None,
                     preferred_element_type=None, **kwargs):  # fmt: skip

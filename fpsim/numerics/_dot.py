@@ -25,10 +25,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fpsim import _bits, _keys
+from fpsim.arith import round_to
 from fpsim.formats import FP32, Format, get_format
-from fpsim.numerics._accumulate import Order, _accumulate, _check
-from fpsim.numerics._arith import round_to
-from fpsim.rounding import FormatLike, as_float_array
+from fpsim.numerics._accumulate import (
+    Order,
+    check_reduction,
+    reduce_terms,
+    reduction_key,
+    resolve_order,
+)
+from fpsim.rounding import FormatLike, as_float_array, check_rounding
 
 
 def _fmt(f: FormatLike | None) -> Format | None:
@@ -71,27 +78,41 @@ def lp_dot_general(
         rhs_batch))`` as for ``lax.dot_general``; the output is batch dims, then lhs
         free dims, then rhs free dims.
       inputs: format the operands are rounded to first (None: as given).
-      products: format each product is rounded to (None: kept exact in float32, which
-        it is for inputs of at most 12 significant bits, away from under/overflow).
+      products: format each product is rounded to (None: kept as the carrier computes
+        it, exact in float32 for inputs of at most 12 significant bits, away from
+        under/overflow). Product ``i`` of the contraction rounds with its own key.
       accum: the accumulator's format.
       output: format of the result (None: the accumulator's value).
       order: accumulation order (see :func:`fpsim.lp_sum`); default ``"native"`` (XLA's
-        dot) for an FP32 accumulator without a product format, else ``"sequential"``.
+        dot) for an accumulator that holds every carrier value (FP32 on float32 data)
+        without a product format, else ``"sequential"``. ``"native"`` with a narrower
+        accumulator is XLA's dot rounded once to it.
       chunk: chunk length for ``order="chunked"``.
       rounding: rounding mode of the products and the accumulation.
       key: random key, for stochastic rounding.
 
     Returns:
-      float32 array. Memory: sequential, chunked and Kahan orders hold ``B*M*N``
-      (times the number of chunks) values at a time; pairwise holds all ``B*M*K*N``
-      products.
+      float32 array (float64 for float64 operands under x64). Memory: sequential,
+      chunked and Kahan orders hold ``B*M*N`` (times the number of chunks) values at a
+      time; pairwise holds all ``B*M*K*N`` products.
     """
     inputs, products, output = _fmt(inputs), _fmt(products), _fmt(output)
     accum = get_format(accum)
+    check_rounding(rounding)
+    lhs, rhs = as_float_array(lhs, inputs), as_float_array(rhs, inputs)
+    dtype = jnp.result_type(lhs, rhs)
+    lhs, rhs = lhs.astype(dtype), rhs.astype(dtype)
+    c = _bits.carrier_of(dtype)
     if order is None and products is not None:
         order = "sequential"
-    order = _check(accum, order, chunk, rounding, key)
-    lhs, rhs = as_float_array(lhs, inputs), as_float_array(rhs, inputs)
+    order = resolve_order(order, accum, c, rounding=rounding)
+    if order == "native" and products is not None:
+        raise ValueError(
+            f"order='native' is XLA's dot, which cannot round each product to "
+            f"{products.name}; choose 'sequential', 'pairwise', 'chunked' or 'kahan'"
+        )
+    check_reduction(accum, order, chunk, rounding, key, c)
+    key = _keys.canonical_key(key) if rounding == "stochastic" else None
     dims = jax.tree_util.tree_map(int, dimension_numbers)
     dims = tuple(tuple(tuple(d) for d in pair) for pair in dims)
     return _lp_dot_general(lhs, rhs, key, dims, inputs, products, accum, output, order,
@@ -106,17 +127,18 @@ def _lp_dot_general(lhs, rhs, key, dimension_numbers, inputs, products, accum, o
     if order == "native":
         out = lax.dot_general(lhs, rhs, dimension_numbers,
                               precision=lax.Precision.HIGHEST)  # fmt: skip
+        out = round_to(out, accum, rounding, reduction_key(key, "native"))
         return round_to(out, output)
     a, b, out_shape = _canonical(lhs, rhs, dimension_numbers)
-    pkey = None if key is None else jax.random.fold_in(key, 99)
 
-    def term(ab):  # the rounded products of one contraction index (or a batch of them)
+    def term(ab, i):  # the rounded products of contraction index i
         ak, bk = ab
-        return round_to(ak[..., :, None] * bk[..., None, :], products, rounding, pkey)
+        k = reduction_key(key, "products", i)
+        return round_to(ak[..., :, None] * bk[..., None, :], products, rounding, k)
 
     xs = (jnp.moveaxis(a, 2, 0), jnp.moveaxis(b, 1, 0))  # (K, B, M) and (K, B, N)
     init = jnp.zeros((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
-    out = _accumulate(xs, term, a.shape[2], init, accum, order, chunk, rounding, key)
+    out = reduce_terms(xs, term, a.shape[2], init, accum, order, chunk, rounding, key)
     return round_to(out.reshape(out_shape), output)
 
 

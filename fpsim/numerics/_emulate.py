@@ -24,9 +24,9 @@ import jax.extend as jex
 import jax.numpy as jnp
 from jax import lax
 
+from fpsim.arith import is_float, is_float32_format, round_to
 from fpsim.formats import Format, get_format
 from fpsim.numerics._accumulate import lp_sum
-from fpsim.numerics._arith import is_float32_format, round_to
 from fpsim.numerics._dot import lp_dot_general
 from fpsim.numerics._policy import EmulationPolicy, EmulationReport
 from fpsim.rounding import FormatLike
@@ -135,14 +135,6 @@ _CALLS = ("jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint",
           "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")  # fmt: skip
 
 
-def _is_float(x) -> bool:
-    dt = getattr(x, "dtype", None)
-    try:
-        return dt is not None and jnp.issubdtype(dt, jnp.floating)
-    except TypeError:  # extended dtypes (random keys)
-        return False
-
-
 class _Interpreter:
     def __init__(self, policy: EmulationPolicy, report: EmulationReport):
         self.policy = policy
@@ -150,7 +142,7 @@ class _Interpreter:
 
     # --- rounding ------------------------------------------------------------------
     def round(self, x, fmt: Format | None):
-        if fmt is None or not _is_float(x):
+        if fmt is None or not is_float(x):
             return x
         if x.dtype == jnp.float32 or x.dtype == jnp.float64:
             return round_to(x, fmt, self.policy.rounding)
@@ -199,7 +191,7 @@ class _Interpreter:
             idx, *ops = invals
             branches = [functools.partial(self.eval_closed, br) for br in p["branches"]]
             return lax.switch(idx, [lambda *o, b=b: b(o) for b in branches], *ops)
-        if not any(_is_float(v.aval) for v in eqn.outvars):
+        if not any(is_float(v.aval) for v in eqn.outvars):
             self.report.record(name, "not float")
             return self.bind(eqn, invals)
         if name in EXACT_OPS:
@@ -231,7 +223,7 @@ class _Interpreter:
     def dot_general(self, eqn, invals):
         lhs, rhs = invals
         out_dtype = eqn.outvars[0].aval.dtype
-        if not (_is_float(lhs) and _is_float(rhs)):
+        if not (is_float(lhs) and is_float(rhs)):
             return self.bind(eqn, invals)[0]
         acc = self.policy.accumulation
         out = lp_dot_general(
@@ -329,9 +321,9 @@ def emulate(fn, policy: EmulationPolicy | FormatLike | None = None, **policy_kwa
       has no rule for are computed in float32, rounded, and listed as unknown.
 
     Precision notes: ``+ - * / sqrt`` of operands of at most 11 significant bits,
-    computed in float32 and rounded, are correctly rounded (see ``_arith``); BF16
-    results below ``2**-126`` are flushed to zero on CPU. Transcendentals are XLA's
-    float32 approximations, rounded once.
+    computed in float32 and rounded, are correctly rounded (Figueroa 1995; see
+    :mod:`fpsim.arith`); BF16 results below ``2**-126`` are flushed to zero on CPU.
+    Transcendentals are XLA's float32 approximations, rounded once.
 
     Example:
       >>> import fpsim, jax, jax.numpy as jnp

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from fpsim.formats import FP16, FP32, Format, get_format
-from fpsim.numerics._accumulate import ORDERS
+from fpsim.numerics._accumulate import SUM_ORDERS
 from fpsim.rounding import FormatLike, check_rounding
 
 #: Primitives PyTorch's autocast keeps in float32 (its "fp32 list", translated to JAX
@@ -42,8 +42,9 @@ class Accumulation:
         if self.products is not None:
             object.__setattr__(self, "products", get_format(self.products))
         object.__setattr__(self, "accum", get_format(self.accum))
-        if self.order is not None and self.order not in ORDERS:
-            raise ValueError(f"unknown order {self.order!r}; valid: {', '.join(ORDERS)}")
+        if self.order is not None and self.order not in SUM_ORDERS:
+            valid = ", ".join(SUM_ORDERS)
+            raise ValueError(f"unknown order {self.order!r}; valid: {valid}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import jax
 
+from fpsim._keys import canonical_key, derive
 from fpsim.formats import Format, get_format
 from fpsim.rounding import FormatLike, Rounding, check_rounding, quantize
 
@@ -34,18 +35,18 @@ def _round(x, fmt: Format | None, rounding: str, key, saturate: bool, subnormals
 
 
 @functools.lru_cache(maxsize=256)
-def _build(fwd, bwd, fwd_rounding, bwd_rounding, saturate, subnormals) -> Callable:
+def _build(fwd, bwd, rounding, grad_rounding, saturate, subnormals) -> Callable:
     @jax.custom_vjp
     def op(x, key):
         return _fwd(x, key)[0]
 
     def _fwd(x, key):
-        k_fwd, k_bwd = (None, None) if key is None else tuple(jax.random.split(key))
-        y = _round(x, fwd, fwd_rounding, k_fwd, saturate, subnormals)
+        k_fwd, k_bwd = (None, None) if key is None else (derive(key, 0), derive(key, 1))
+        y = _round(x, fwd, rounding, k_fwd, saturate, subnormals)
         return y, k_bwd
 
     def _bwd(k_bwd, g):
-        return _round(g, bwd, bwd_rounding, k_bwd, saturate, subnormals), None
+        return _round(g, bwd, grad_rounding, k_bwd, saturate, subnormals), None
 
     op.defvjp(_fwd, _bwd)
     return op
@@ -55,8 +56,8 @@ def quantizer(
     fwd: FormatLike | None,
     bwd: FormatLike | None = None,
     *,
-    fwd_rounding: Rounding = "nearest",
-    bwd_rounding: Rounding = "nearest",
+    rounding: Rounding = "nearest",
+    grad_rounding: Rounding = "nearest",
     saturate: bool = False,
     subnormals: bool = True,
 ) -> Callable[..., jax.Array]:
@@ -66,17 +67,17 @@ def quantizer(
       fwd: format of the forward value, or None to pass it unchanged.
       bwd: format of the cotangent on the backward pass, or None (the default) to pass
         it unchanged: a plain straight-through quantizer.
-      fwd_rounding: rounding mode forward (``"stochastic"`` needs a key).
-      bwd_rounding: rounding mode backward.
+      rounding: rounding mode forward (``"stochastic"`` needs a key).
+      grad_rounding: rounding mode backward.
       saturate: overflow clamps to +-max in both directions instead of becoming inf or
         NaN (what FP8 training recipes do for activations).
       subnormals: False flushes subnormal results to zero in both directions.
 
     Returns:
       ``q(x, key=None)``. With stochastic rounding in either direction a key is
-      required; ``q`` splits it into one key for the forward and one for the backward
-      rounding, so pass a key that differs per call site (``jax.random.fold_in(key,
-      layer)``) and per step.
+      required; ``q`` derives one key for the forward (``derive(key, 0)``) and one for
+      the backward rounding (``derive(key, 1)``, see ``fpsim._keys``), so pass a key
+      that differs per call site (``jax.random.fold_in(key, layer)``) and per step.
 
     Raises:
       ValueError: unknown format or mode, or stochastic rounding called without a key.
@@ -90,11 +91,11 @@ def quantizer(
     """
     fwd = None if fwd is None else get_format(fwd)
     bwd = None if bwd is None else get_format(bwd)
-    check_rounding(fwd_rounding)
-    check_rounding(bwd_rounding)
-    op = _build(fwd, bwd, fwd_rounding, bwd_rounding, saturate, subnormals)
-    needs_key = (fwd is not None and fwd_rounding == "stochastic") or (
-        bwd is not None and bwd_rounding == "stochastic"
+    check_rounding(rounding)
+    check_rounding(grad_rounding)
+    op = _build(fwd, bwd, rounding, grad_rounding, saturate, subnormals)
+    needs_key = (fwd is not None and rounding == "stochastic") or (
+        bwd is not None and grad_rounding == "stochastic"
     )
 
     def q(x: jax.typing.ArrayLike, key: jax.Array | None = None) -> jax.Array:
@@ -105,6 +106,8 @@ def quantizer(
             )
         if not hasattr(x, "dtype"):
             x = jax.numpy.asarray(x, jax.numpy.float32)
+        if key is not None:
+            key = canonical_key(key, what="quantizer")
         return op(x, key)
 
     return q
@@ -116,8 +119,8 @@ def fake_quant(
     bwd: FormatLike | None = None,
     *,
     key: jax.Array | None = None,
-    fwd_rounding: Rounding = "nearest",
-    bwd_rounding: Rounding = "nearest",
+    rounding: Rounding = "nearest",
+    grad_rounding: Rounding = "nearest",
     saturate: bool = False,
     subnormals: bool = True,
 ) -> jax.Array:
@@ -130,7 +133,7 @@ def fake_quant(
       3.0
     """
     q = quantizer(
-        fwd, bwd, fwd_rounding=fwd_rounding, bwd_rounding=bwd_rounding,
+        fwd, bwd, rounding=rounding, grad_rounding=grad_rounding,
         saturate=saturate, subnormals=subnormals,
     )  # fmt: skip
     return q(x, key)

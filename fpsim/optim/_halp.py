@@ -41,7 +41,7 @@ class HalpState(NamedTuple):
         ``[-2**(b-1), 2**(b-1) - 1]`` (``z = code * scale``), or, with ``offset_fmt``,
         float32 values on that format's grid (``z = value * scale``).
       scale: float32 scalar per parameter tensor, recomputed at every re-centring.
-      key: uint32[2], raw PRNG key data for the stochastic rounding.
+      key: uint32[2], raw PRNG key data for the stochastic rounding (fixed).
     """
 
     count: jax.Array
@@ -155,7 +155,7 @@ def halp(
       epoch_length: inner steps ``T`` between re-centrings.
       bits: width ``b`` of the fixed-point offset (at least 2).
       mu: strong-convexity parameter of the scale rule.
-      key: PRNG key for the stochastic rounding (split every step).
+      key: PRNG key for the stochastic rounding (step ``t`` derives its keys with ``t``).
       offset_fmt: a floating-point offset format instead of the fixed-point lattice.
 
     Returns:
@@ -171,7 +171,7 @@ def halp(
         raise ValueError(f"HALP needs bits >= 2 (an int), got {bits!r}")
     fmt = None if offset_fmt is None else get_format(offset_fmt)
     levels = (2.0 ** (bits - 1) - 1) if fmt is None else fmt.max
-    key0 = _common.raw_key(key, needed=True, what="halp")
+    key0 = _common.state_key(key, needed=True, what="halp")
 
     def zero_offset(p):
         return jnp.zeros(jnp.shape(p), jnp.int32 if fmt is None else jnp.float32)
@@ -196,7 +196,7 @@ def halp(
             full_grad,
             state.scale,
         )
-        key_data, keys = _common.split_for_leaves(state.key, v)
+        keys = _common.step_keys(state.key, state.count + 1, v)
 
         def step(off, s, d, k):
             z = off.astype(jnp.float32) * s
@@ -214,7 +214,7 @@ def halp(
         center = jax.tree.map(lambda m, c: jnp.where(end, m, c), model, state.center)
         offset = jax.tree.map(lambda o: jnp.where(end, jnp.zeros_like(o), o), offset)
         new_updates = jax.tree.map(lambda m, p: m - p, model, params)
-        return new_updates, HalpState(state.count + 1, center, offset, scale, key_data)
+        return new_updates, HalpState(state.count + 1, center, offset, scale, state.key)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -233,7 +233,7 @@ def lp_sgd(
       learning_rate: step size.
       scale: the lattice spacing ``s`` (fixed).
       bits: lattice width ``b``.
-      key: PRNG key, split every step.
+      key: PRNG key (step ``t`` derives its keys with ``t``, see ``fpsim._keys``).
 
     Returns:
       A :class:`optax.GradientTransformationExtraArgs` with :class:`LpSgdState`.
@@ -242,7 +242,7 @@ def lp_sgd(
         raise ValueError(f"lp_sgd needs bits >= 2 (an int), got {bits!r}")
     if isinstance(scale, int | float) and not scale > 0:
         raise ValueError(f"scale must be positive, got {scale!r}")
-    key0 = _common.raw_key(key, needed=True, what="lp_sgd")
+    key0 = _common.state_key(key, needed=True, what="lp_sgd")
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
     def init_fn(params):  # nearest lattice point of the initial weights
@@ -258,7 +258,7 @@ def lp_sgd(
         del extra
         if params is None:
             raise ValueError(_common.NO_PARAMS_MSG)
-        key_data, keys = _common.split_for_leaves(state.key, updates)
+        keys = _common.step_keys(state.key, state.count + 1, updates)
         s = jnp.asarray(scale, jnp.float32)
         codes = jax.tree.map(
             lambda c, g, k: _lattice_sr(c * s - learning_rate * g, s, bits, k),
@@ -267,7 +267,7 @@ def lp_sgd(
             keys,
         )
         new_updates = jax.tree.map(lambda c, p: c * s - p, codes, params)
-        return new_updates, LpSgdState(state.count + 1, codes, key_data)
+        return new_updates, LpSgdState(state.count + 1, codes, state.key)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fpsim.arith import add_round
 from fpsim.formats import get_format
-from fpsim.optim._common import NO_PARAMS_MSG, add_round_to_odd
-from fpsim.rounding import FormatLike, quantize
+from fpsim.optim._common import NO_PARAMS_MSG
+from fpsim.rounding import FormatLike
 
 
 class KahanParamsState(NamedTuple):
@@ -57,9 +58,6 @@ def kahan_params(fmt: FormatLike) -> optax.GradientTransformation:
     """
     fmt = get_format(fmt)
 
-    def q(x):
-        return quantize(x, fmt)
-
     def init_fn(params):
         comp = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
         return KahanParamsState(jnp.zeros((), jnp.int32), comp)
@@ -70,11 +68,10 @@ def kahan_params(fmt: FormatLike) -> optax.GradientTransformation:
 
         def one(u, c, p):
             p = jnp.asarray(p, jnp.float32)
-            y = q(add_round_to_odd(u, -c))
-            s = q(add_round_to_odd(p, y))
-            c_new = q(
-                add_round_to_odd(s - p, -y)
-            )  # s - p: exact in float32 for nearby s, p
+            u = jnp.asarray(u, jnp.float32)
+            y = add_round(u, -c, fmt)
+            s = add_round(p, y, fmt)
+            c_new = add_round(s - p, -y, fmt)  # s - p: exact in float32 for nearby s, p
             return s - p, c_new
 
         pairs = jax.tree.map(one, updates, state.compensation, params)

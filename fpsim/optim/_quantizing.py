@@ -15,27 +15,29 @@ import jax.numpy as jnp
 import optax
 
 from fpsim import stats
+from fpsim._bits import F32
+from fpsim.arith import add_round, is_float
 from fpsim.formats import get_format
 from fpsim.optim import _common
 from fpsim.rounding import FormatLike, Rounding, quantize
 
 
-def _round_tree(tree, fmt, rounding, key_data, saturate, subnormals):
-    """Quantize every float leaf; returns (tree, new raw key)."""
-    keys = None
-    if rounding == "stochastic":
-        key_data, keys = _common.split_for_leaves(key_data, tree)
+def _round_tree(tree, fmt, rounding, keys, saturate, subnormals):
+    """Quantize every float leaf; ``keys`` is a tree of keys like ``tree`` (or None)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    key_leaves = (
-        jax.tree_util.tree_leaves(keys) if keys is not None else [None] * len(leaves)
-    )
+    key_leaves = [None] * len(leaves) if keys is None else jax.tree_util.tree_leaves(keys)
     out = [
         quantize(x, fmt, rounding, key=k, saturate=saturate, subnormals=subnormals)
-        if _common.is_float(x)
+        if is_float(x)
         else x
         for x, k in zip(leaves, key_leaves, strict=True)
     ]
-    return jax.tree_util.tree_unflatten(treedef, out), key_data
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _keys_for(rounding, key_data, step, tree):
+    """Per-leaf keys of update ``step`` for stochastic rounding, else None."""
+    return _common.step_keys(key_data, step, tree) if rounding == "stochastic" else None
 
 
 class QuantizeUpdatesState(NamedTuple):
@@ -43,7 +45,8 @@ class QuantizeUpdatesState(NamedTuple):
 
     Attributes:
       count: int32, updates seen.
-      key: uint32[2], raw PRNG key data (split every update; zeros unless stochastic).
+      key: uint32[2], raw PRNG key data (fixed; update ``t`` derives its keys with
+        ``t``, see ``fpsim._keys``; zeros unless stochastic).
       underflow: int32, entries at the last update that were nonzero and became zero.
       overflow: int32, finite entries at the last update too large for the format.
       total_underflow: int32, running sum of ``underflow``.
@@ -60,14 +63,15 @@ class QuantizeUpdatesState(NamedTuple):
 
 def _under_over(x, q, fmt, rounding, subnormals=True):
     """(underflow, overflow) counts for one leaf rounded from x to q."""
-    ax, aq = _common.abs_bits(x), _common.abs_bits(q)
-    finite = ax < jnp.uint32(0x7F800000)
+    ax = F32.to_bits(x) & jnp.uint32(F32.abs_mask)
+    aq = F32.to_bits(q) & jnp.uint32(F32.abs_mask)
+    finite = ax < jnp.uint32(F32.inf_bits)
     # counted on the result: value_counts knows nothing of flushed subnormals
     under = jnp.sum(finite & (ax != 0) & (aq == 0)).astype(jnp.int32)
     if rounding != "stochastic":  # exact classification from fpsim.stats
         c = stats.value_counts(x, fmt, rounding)
         return (c.underflow if subnormals else under), c.overflow
-    max_bits = jnp.uint32(_common.f32_bits(fmt.max))
+    max_bits = jnp.uint32(F32.bits_of(fmt.max))
     over = finite & ((aq > max_bits) | ((aq == max_bits) & (ax > max_bits)))
     return under, jnp.sum(over).astype(jnp.int32)
 
@@ -93,7 +97,8 @@ def quantize_updates(
     Args:
       fmt: the format (a :class:`fpsim.Format` or a name).
       rounding: any mode of :func:`fpsim.quantize`.
-      key: PRNG key, required for ``"stochastic"``; split at every update.
+      key: PRNG key, required for ``"stochastic"``; update ``t`` rounds leaf ``i`` with
+        ``fpsim._keys.derive(key, t, i)``.
       saturate: overflow to ``+-max`` instead of inf/NaN.
       subnormals: if False, flush subnormal results to zero.
 
@@ -102,7 +107,7 @@ def quantize_updates(
     """
     fmt = get_format(fmt)
     _common.check_mode(rounding)
-    key0 = _common.raw_key(key, needed=rounding == "stochastic", what="quantize_updates")
+    key0 = _common.state_key(key, needed=rounding == "stochastic", what="quantize_updates")
 
     def init_fn(params):
         del params
@@ -111,16 +116,17 @@ def quantize_updates(
 
     def update_fn(updates, state, params=None):
         del params
-        q, key_data = _round_tree(updates, fmt, rounding, state.key, saturate, subnormals)
+        keys = _keys_for(rounding, state.key, state.count + 1, updates)
+        q = _round_tree(updates, fmt, rounding, keys, saturate, subnormals)
         under = over = jnp.zeros((), jnp.int32)
         for x, y in zip(jax.tree.leaves(updates), jax.tree.leaves(q), strict=True):
-            if _common.is_float(x):
+            if is_float(x):
                 x32 = jnp.asarray(x, jnp.float32)
                 u, o = _under_over(x32, y, fmt, rounding, subnormals)
                 under, over = under + u, over + o
         new_state = QuantizeUpdatesState(
             state.count + 1,
-            key_data,
+            state.key,
             under,
             over,
             state.total_underflow + under,
@@ -168,24 +174,23 @@ def quantize_optimizer_state(
     inner = optax.with_extra_args_support(inner)
     fmt = get_format(fmt)
     _common.check_mode(rounding)
-    key0 = _common.raw_key(
+    key0 = _common.state_key(
         key, needed=rounding == "stochastic", what="quantize_optimizer_state"
     )
 
     def init_fn(params):
-        inner_state, key_data = _round_tree(
-            inner.init(params), fmt, rounding, key0, saturate, True
-        )
-        return QuantizedOptimizerState(jnp.zeros((), jnp.int32), key_data, inner_state)
+        inner_state = inner.init(params)
+        keys = _keys_for(rounding, key0, 0, inner_state)
+        inner_state = _round_tree(inner_state, fmt, rounding, keys, saturate, True)
+        return QuantizedOptimizerState(jnp.zeros((), jnp.int32), key0, inner_state)
 
     def update_fn(updates, state, params=None, **extra_args):
         updates, inner_state = inner.update(
             updates, state.inner_state, params, **extra_args
         )
-        inner_state, key_data = _round_tree(
-            inner_state, fmt, rounding, state.key, saturate, True
-        )
-        return updates, QuantizedOptimizerState(state.count + 1, key_data, inner_state)
+        keys = _keys_for(rounding, state.key, state.count + 1, inner_state)
+        inner_state = _round_tree(inner_state, fmt, rounding, keys, saturate, True)
+        return updates, QuantizedOptimizerState(state.count + 1, state.key, inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -195,7 +200,7 @@ class QuantizeParamsState(NamedTuple):
 
     Attributes:
       count: int32, updates seen.
-      key: uint32[2], raw PRNG key data (zeros unless stochastic).
+      key: uint32[2], raw PRNG key data (fixed, as in :class:`QuantizeUpdatesState`).
       master: the float32 master copy of the parameters, or ``()`` without one.
       inexact: int32, entries at the last update where ``p + update`` would not land
         exactly on the rounded value (see :func:`quantize_params`); 0 in practice.
@@ -233,7 +238,8 @@ def quantize_params(
     Args:
       fmt: the parameter format.
       rounding: ``"nearest"``, ``"stochastic"`` or a directed mode.
-      key: PRNG key, required for ``"stochastic"``; split every update.
+      key: PRNG key, required for ``"stochastic"``; update ``t`` rounds leaf ``i`` with
+        ``fpsim._keys.derive(key, t, i)``.
       master_weights: keep a float32 master copy in the state.
       saturate: overflow to ``+-max`` instead of inf/NaN.
 
@@ -246,7 +252,7 @@ def quantize_params(
     """
     fmt = get_format(fmt)
     _common.check_mode(rounding)
-    key0 = _common.raw_key(key, needed=rounding == "stochastic", what="quantize_params")
+    key0 = _common.state_key(key, needed=rounding == "stochastic", what="quantize_params")
 
     def init_fn(params):
         master = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
@@ -261,22 +267,21 @@ def quantize_params(
         if params is None:
             raise ValueError(_common.NO_PARAMS_MSG)
         p32 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+        keys = _keys_for(rounding, state.key, state.count + 1, p32)
         if master_weights:
             master = jax.tree.map(
                 lambda m, u: m + jnp.asarray(u, jnp.float32), state.master, updates
             )
-            target = master
+            q = _round_tree(master, fmt, rounding, keys, saturate, True)
         else:
             master = ()
-            target = jax.tree.map(_common.add_round_to_odd, p32, updates)
-        q, key_data = _round_tree(target, fmt, rounding, state.key, saturate, True)
+            q = _sum_round_tree(p32, updates, fmt, rounding, keys, saturate)
         new_updates = jax.tree.map(lambda a, b: a - b, q, p32)
 
         def misses(p, u, a):  # bit compares: XLA CPU float compares flush subnormals
-            got, want = _common.abs_bits(p + u), _common.abs_bits(a)
-            same = jax.lax.bitcast_convert_type(p + u, jnp.uint32) == (
-                jax.lax.bitcast_convert_type(a, jnp.uint32)
-            )
+            got, want = F32.to_bits(p + u), F32.to_bits(a)
+            same = got == want
+            got, want = got & jnp.uint32(F32.abs_mask), want & jnp.uint32(F32.abs_mask)
             ok = same | ((got == 0) & (want == 0)) | jnp.isnan(a)
             return jnp.sum(~ok).astype(jnp.int32)
 
@@ -290,7 +295,7 @@ def quantize_params(
             )
         )
         return new_updates, QuantizeParamsState(
-            state.count + 1, key_data, master, jnp.asarray(inexact, jnp.int32)
+            state.count + 1, state.key, master, jnp.asarray(inexact, jnp.int32)
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -307,8 +312,11 @@ def apply_updates(
 ):
     """``quantize(params + updates, fmt)``, with the sum rounded only once.
 
-    ``fl32(p + u)`` followed by ``quantize`` would round twice; here the float32 sum is
-    rounded to odd (TwoSum), which makes the final rounding that of the exact sum.
+    ``fl32(p + u)`` followed by ``quantize`` would round twice; here the exact sum is
+    rounded once (:func:`fpsim.arith.add_round`: TwoSum, then round-to-odd, or for
+    stochastic rounding a draw against the exact remainder). For FP32 itself and round
+    to nearest this is float32's own addition: ``apply_updates(1.0, 2**-25, "fp32")``
+    is 1.0.
     Unlike ``optax.apply_updates`` followed by a quantizing transform, the result is on
     the grid whatever the sizes of ``p`` and ``u``.
 
@@ -317,7 +325,7 @@ def apply_updates(
       updates: a pytree of the same structure.
       fmt: the parameter format.
       rounding: any mode of :func:`fpsim.quantize`.
-      key: PRNG key for ``"stochastic"`` (one sub-key per leaf is derived from it).
+      key: PRNG key for ``"stochastic"`` (leaf ``i`` uses ``derive(key, 0, i)``).
       saturate: overflow to ``+-max`` instead of inf/NaN.
 
     Returns:
@@ -325,9 +333,28 @@ def apply_updates(
     """
     fmt = get_format(fmt)
     _common.check_mode(rounding)
-    key_data = _common.raw_key(key, needed=rounding == "stochastic", what="apply_updates")
-    summed = jax.tree.map(_common.add_round_to_odd, params, updates)
-    return _round_tree(summed, fmt, rounding, key_data, saturate, True)[0]
+    key0 = _common.state_key(key, needed=rounding == "stochastic", what="apply_updates")
+    keys = _keys_for(rounding, key0, 0, params)
+    return _sum_round_tree(params, updates, fmt, rounding, keys, saturate)
+
+
+def _sum_round_tree(params, updates, fmt, rounding, keys, saturate):
+    """``fmt(p + u)`` per leaf: the exact sum rounded once (``fpsim.arith.add_round``)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    ups = treedef.flatten_up_to(updates)
+    key_leaves = [None] * len(leaves) if keys is None else jax.tree_util.tree_leaves(keys)
+    out = [
+        add_round(
+            jnp.asarray(p, jnp.float32),
+            jnp.asarray(u, jnp.float32),
+            fmt,
+            rounding,
+            k,
+            saturate=saturate,
+        )  # fmt: skip
+        for p, u, k in zip(leaves, ups, key_leaves, strict=True)
+    ]
+    return treedef.unflatten(out)
 
 
 __all__ = [
