@@ -55,12 +55,3 @@ from fpsim.numerics._accumulate import ORDERS as ORDERS
 
 __all__ = ["DIVIDE_CHOICES", "ORDERS", "lp_all_reduce", "lp_reduce", "wire_counts"]
 
-
-def __getattr__(name: str):
-    # Transitional: data_parallel_grads moved to fpsim.nn (a training helper). Until the
-    # top-level namespace imports it from there, resolve the old name on first use.
-    if name == "data_parallel_grads":
-        from fpsim.nn import data_parallel_grads
-
-        return data_parallel_grads
-    raise AttributeError(f"module 'fpsim.comm' has no attribute {name!r}")
