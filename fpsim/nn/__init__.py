@@ -39,7 +39,8 @@ from fpsim.nn._train import train as train
 __all__ = [
     "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "AdaptiveLossScaling", "DelayedScaling",
     "LayerStats", "Policy", "Report", "ScaleState", "TensorStats", "TrainState",
-    "TrainStep", "apply", "cross_entropy", "data_parallel_grads", "discover", "get_policy", "init_state",
-    "instrument", "make_train_step", "quantized_dot_general", "train",
+    "TrainStep", "apply", "cross_entropy", "data_parallel_grads", "discover",
+    "get_policy", "init_state", "instrument", "make_train_step", "quantized_dot_general",
+    "train",
     "underflow_fraction", "value_and_grad",
 ]  # fmt: skip
