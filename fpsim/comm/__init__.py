@@ -54,4 +54,3 @@ from fpsim.comm._wire import wire_counts as wire_counts
 from fpsim.numerics._accumulate import ORDERS as ORDERS
 
 __all__ = ["DIVIDE_CHOICES", "ORDERS", "lp_all_reduce", "lp_reduce", "wire_counts"]
-
