@@ -70,7 +70,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "sphinx_togglebutton",
     "fpsim_site",
@@ -99,13 +98,6 @@ autodoc_default_options = {"show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-intersphinx_mapping = {
-    "python": ("https://docs.python.org/3", None),
-    "numpy": ("https://numpy.org/doc/stable", None),
-    "jax": ("https://docs.jax.dev/en/latest", None),
-}
-intersphinx_disabled_reftypes = ["*"]  # only explicit intersphinx refs; builds offline
-intersphinx_timeout = 3
 
 # -- HTML ----------------------------------------------------------------------------------
 
