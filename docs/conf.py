@@ -49,7 +49,7 @@ version = release
 # -- Sources -------------------------------------------------------------------------------
 
 root_doc = "README"
-# Only these files of the repository are pages (the source directory is the repository root).
+# Only these files are pages (the source directory is the repository root).
 include_patterns = [
     "README.md",
     "lessons/*.md",
@@ -63,7 +63,8 @@ exclude_patterns = [
     "docs/README.md",
     "**/.ipynb_checkpoints",
 ]
-templates_path = ["_templates"]
+# absolute: autosummary resolves templates_path against the source directory (the root)
+templates_path = [str(DOCS / "_templates")]
 
 extensions = [
     "myst_nb",
@@ -80,9 +81,11 @@ extensions = [
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 3
 nb_execution_mode = "cache"
-nb_execution_cache_path = str(DOCS / "_build" / ".jupyter_cache" / ("fast" if FAST else "full"))
+nb_execution_cache_path = str(
+    DOCS / "_build" / ".jupyter_cache" / ("fast" if FAST else "full")
+)
 nb_execution_timeout = 300  # per cell; a whole lesson stays under 90 s in fast mode
-nb_execution_raise_on_error = True  # a failing cell (an assert of the lesson) fails the build
+nb_execution_raise_on_error = True  # a failing cell (a lesson's assert) fails the build
 nb_execution_show_tb = True
 nb_execution_in_temp = False  # run in lessons/, as a learner does
 nb_merge_streams = True
@@ -100,6 +103,9 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
 # -- HTML ----------------------------------------------------------------------------------
+
+# `x` in a docstring is code, as in the Markdown the lessons use
+default_role = "code"
 
 html_theme = "sphinx_book_theme"
 html_title = "fpsim: floating point for machine learning"
@@ -131,46 +137,83 @@ fpsim_install_source = os.environ.get("FPSIM_INSTALL_SOURCE") or (
 # -- The API pages' members (read by _templates/autosummary/module.rst) --------------------
 
 #: The public modules, one page each (docs/api/index.md lists them in this order).
-API_MODULES = ["fpsim", "fpsim.numerics", "fpsim.stats", "fpsim.nn", "fpsim.optim", "fpsim.plot"]
+API_MODULES = [
+    "fpsim", "fpsim.numerics", "fpsim.stats", "fpsim.nn", "fpsim.optim", "fpsim.plot",
+]  # fmt: skip
+
+
+def _attr_docs() -> dict[str, str]:
+    """The ``#:`` comments above module-level constants, by name, across fpsim's modules
+    (a constant's docstring would otherwise be its type's)."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    docs: dict[str, str] = {}
+    for modname in sorted(m for m in sys.modules if m == "fpsim" or m.startswith("fpsim.")):
+        try:
+            found = ModuleAnalyzer.for_module(modname).find_attr_docs()
+        except Exception:  # noqa: BLE001 (no source: nothing to read)
+            continue
+        for (scope, name), lines in found.items():
+            if scope == "" and "".join(lines).strip():
+                docs.setdefault(name, " ".join(line.strip() for line in lines).strip())
+    return docs
+
+
+def _short_value(obj: object) -> str:
+    value = repr(obj)
+    if len(value) <= 100:
+        return value
+    size = f" of {len(obj)}" if hasattr(obj, "__len__") else ""
+    return f"<{type(obj).__name__}{size}>"
 
 
 def _api_members() -> dict[str, list[dict[str, str]]]:
-    """Each module's ``__all__``: name, kind (class/function/data), and where it is
-    documented when the module only re-exports it (fpsim re-exports numerics and stats)."""
+    """Each module's ``__all__``: name, kind (class/function/data), the value and doc of a
+    constant, and where a name is documented when the module only re-exports it (fpsim
+    re-exports numerics and stats)."""
     import importlib
     import inspect
 
     modules = {name: importlib.import_module(name) for name in API_MODULES}
+    attr_docs = _attr_docs()
     members = {}
     for name, module in modules.items():
         rows = []
         for attr in module.__all__:
             obj = getattr(module, attr)
-            home = next(
-                (
-                    other
-                    for other, m in modules.items()
-                    if other not in (name, "fpsim") and name == "fpsim" and attr in m.__all__
-                ),
-                "",
-            )
+            home = ""
+            if name == "fpsim":
+                homes = [o for o, m in modules.items() if o != name and attr in m.__all__]
+                home = homes[0] if homes else ""
             if inspect.isclass(obj):
                 kind = "class"
-            elif callable(obj) and type(obj).__module__ != "typing":
+            elif callable(obj) and type(obj).__module__ not in ("typing", "types"):
                 kind = "function"
             else:
                 kind = "data"
-            value = repr(obj)
             rows.append(
                 {
                     "name": attr,
                     "kind": kind,
                     "home": home,
-                    "value": value if len(value) <= 90 else value[:87] + "...",
+                    "value": _short_value(obj),
+                    "doc": attr_docs.get(attr, ""),
                 }
             )
         members[name] = rows
     return members
+
+
+def _skip_fields(app, what, name, obj, skip, options):
+    """NamedTuple fields are documented by the class docstring's Attributes section
+    (napoleon); their descriptors ("Alias for field number 0") would list them twice."""
+    if what == "class" and type(obj).__name__ == "_tuplegetter":
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_fields)
 
 
 autosummary_context = {"fpsim_api": _api_members()}

@@ -38,7 +38,9 @@ pytest.importorskip("sphinx_togglebutton")
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 LESSONS = sorted((ROOT / "lessons").glob("[0-9]*.md"))
-API_MODULES = ["fpsim", "fpsim.numerics", "fpsim.stats", "fpsim.nn", "fpsim.optim", "fpsim.plot"]
+API_MODULES = [
+    "fpsim", "fpsim.numerics", "fpsim.stats", "fpsim.nn", "fpsim.optim", "fpsim.plot",
+]  # fmt: skip
 BUILD_TIMEOUT_S = 3600
 
 
@@ -66,7 +68,8 @@ def _build(out: Path, *, execute: bool) -> Site:
     proc = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
     )
-    assert proc.returncode == 0, f"sphinx failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    log = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, f"sphinx failed:\n{log}"
     return Site(out, warnings.read_text(encoding="utf-8"), execute)
 
 
@@ -201,7 +204,7 @@ def test_lesson_notebook_download(structure: Site, lesson: Path) -> None:
     nbformat.validate(nb)
     first = nb.cells[0]
     assert first.cell_type == "code" and "%pip install" in first.source
-    assert "find_spec(\"fpsim\") is None" in first.source
+    assert 'find_spec("fpsim") is None' in first.source
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
     # the rest is the lesson itself, fast-mode switch included
     assert 'FAST = os.environ.get("FPSIM_FAST") == "1"' in nb.cells[2].source + "".join(
@@ -288,9 +291,14 @@ def test_screenshots(structure: Site, tmp_path: Path, width: int, height: int) -
         png = tmp_path / f"{name}_{width}.png"
         subprocess.run(
             [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                "--hide-scrollbars", f"--window-size={width},{height}",
-                f"--screenshot={png}", page.as_uri(),
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--window-size={width},{height}",
+                f"--screenshot={png}",
+                page.as_uri(),
             ],  # fmt: skip
             capture_output=True,
             timeout=120,

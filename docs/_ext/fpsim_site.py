@@ -41,7 +41,7 @@ _NAVIGATION = """
 :caption: Course
 :glob:
 
-lessons/README
+About the course <lessons/README>
 lessons/[0-9]*
 ```
 
@@ -54,10 +54,10 @@ benchmarks/RESULTS
 ```
 """
 
-INSTALL_CELL = '''\
+INSTALL_CELL = """\
 # Run this cell first on a hosted notebook service (Colab, Binder, Kaggle) or in a fresh
-# environment: it installs fpsim when it is missing. Where fpsim is installed, it does nothing.
-# (Not "pip install fpsim": that PyPI name belongs to an unrelated family-planning simulator.)
+# environment: it installs fpsim when it is missing; where fpsim is installed, it does
+# nothing. (Not "pip install fpsim": on PyPI that name is another project.)
 import importlib.util
 
 FPSIM_SOURCE = "{source}"
@@ -66,7 +66,7 @@ if importlib.util.find_spec("fpsim") is None:
 import fpsim
 
 assert hasattr(fpsim, "quantize"), "this 'fpsim' is not the floating-point simulator"
-'''
+"""
 
 
 def _add_navigation(app: Sphinx, docname: str, source: list[str]) -> None:
