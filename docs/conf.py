@@ -19,6 +19,7 @@ downloadable notebooks) lives in ``docs/_ext/fpsim_site.py``.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -212,8 +213,21 @@ def _skip_fields(app, what, name, obj, skip, options):
     return None
 
 
+_ABS = re.compile(r"(?<![\\`|])\|([^|`\s][^|`]*?)\|(?![|`])")
+
+
+def _escape_abs_bars(app, what, name, obj, options, lines):
+    """Docstrings write ``|x|`` for an absolute value; RST would read it as a substitution
+    reference. Outside ``literals``, escape the bars (no docstring uses substitutions)."""
+    for i, line in enumerate(lines):
+        parts = line.split("``")
+        parts[::2] = [_ABS.sub(r"\\|\1\\|", part) for part in parts[::2]]
+        lines[i] = "``".join(parts)
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_fields)
+    app.connect("autodoc-process-docstring", _escape_abs_bars)
 
 
 autosummary_context = {"fpsim_api": _api_members()}

@@ -126,7 +126,8 @@ def _internal(url: str) -> bool:
 def _broken_links(html: Path) -> list[str]:
     """Every relative href/src of every page points to a file that exists, and every
     #fragment into a page to an id on it."""
-    pages = {p: _parse(p) for p in html.rglob("*.html")}
+    # _static holds the theme's files, templates among them, not pages
+    pages = {p: _parse(p) for p in html.rglob("*.html") if "_static" not in p.parts}
     broken = []
     for path, page in pages.items():
         for url in page.links + page.images:
@@ -168,7 +169,7 @@ def test_front_page_is_the_readme(structure: Site) -> None:
     readme = structure.html / "README.html"
     assert readme.exists()
     index = _parse(structure.html / "index.html")
-    assert index.links == ["README.html"], "index.html should redirect to the README"
+    assert set(index.links) == {"README.html"}, "index.html should redirect to the README"
     text = readme.read_text(encoding="utf-8")
     assert "bit-exact simulator" in text
     page = _parse(readme)

@@ -88,14 +88,31 @@ class FoldAnswers(SphinxTransform):
                 _fold_section(section)
 
 
+def _leading(node: nodes.Element) -> list[nodes.Node]:
+    """The children of ``node`` from its first one that is not blank text."""
+    children = list(node.children)
+    while children and isinstance(children[0], nodes.Text) and not children[0].strip():
+        children.pop(0)
+    return children
+
+
 def _answer_number(node: nodes.Node) -> str | None:
-    if isinstance(node, nodes.paragraph) and node.children:
-        first = node[0]
-        if isinstance(first, nodes.strong):
-            match = _ANSWER_NUMBER.match(first.astext().strip())
+    if isinstance(node, nodes.paragraph):
+        children = _leading(node)
+        if children and isinstance(children[0], nodes.strong):
+            match = _ANSWER_NUMBER.match(children[0].astext().strip())
             if match:
                 return match.group(1)
     return None
+
+
+def _drop_number(para: nodes.paragraph) -> None:
+    """Remove the bold "N." that starts an answer (the dropdown's title says it)."""
+    children = _leading(para)
+    for child in para.children[: para.index(children[0]) + 1]:
+        para.remove(child)
+    if para.children and isinstance(para[0], nodes.Text):
+        para.replace(para[0], nodes.Text(para[0].astext().lstrip()))
 
 
 def _dropdown(title: str, body: list[nodes.Node]) -> nodes.admonition:
@@ -115,10 +132,7 @@ def _fold_section(section: nodes.section) -> None:
             break
         number = _answer_number(node)
         if number is not None:
-            # drop the bold number, the dropdown's title says it
-            node.remove(node[0])
-            if node.children and isinstance(node[0], nodes.Text):
-                node.replace(node[0], nodes.Text(node[0].astext().lstrip()))
+            _drop_number(node)
             groups.append((f"Answer {number}", [node]))
         elif groups:
             groups[-1][1].append(node)
