@@ -116,7 +116,7 @@ def _drop_number(para: nodes.paragraph) -> None:
 
 
 def _dropdown(title: str, body: list[nodes.Node]) -> nodes.admonition:
-    box = nodes.admonition("", classes=["dropdown", "fpsim-answer"])
+    box = nodes.admonition("", classes=["tip", "dropdown", "fpsim-answer"])
     box += nodes.title("", title)
     box.extend(body)
     return box
