@@ -161,7 +161,9 @@ def _attr_docs() -> dict[str, str]:
 
 
 def _short_value(obj: object) -> str:
-    value = repr(obj)
+    """A constant's repr, short and the same in every build (config values are compared
+    between builds: a changed one re-reads every page)."""
+    value = re.sub(r" at 0x[0-9a-f]+", "", repr(obj))
     if len(value) <= 100:
         return value
     size = f" of {len(obj)}" if hasattr(obj, "__len__") else ""
@@ -197,7 +199,7 @@ def _api_members() -> dict[str, list[dict[str, str]]]:
                     "name": attr,
                     "kind": kind,
                     "home": home,
-                    "value": _short_value(obj),
+                    "value": _short_value(obj) if kind == "data" else "",
                     "doc": attr_docs.get(attr, ""),
                 }
             )
