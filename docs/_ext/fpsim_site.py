@@ -60,8 +60,10 @@ INSTALL_CELL = """\
 # nothing. (Not "pip install fpsim": on PyPI that name is another project.)
 import importlib.util
 
-FPSIM_SOURCE = "{source}"
+FPSIM_SOURCE = "{source}"  # a git URL, a wheel, or the path of a clone of the repository
 if importlib.util.find_spec("fpsim") is None:
+    if not FPSIM_SOURCE:
+        raise RuntimeError("set FPSIM_SOURCE to where fpsim installs from, then rerun")
     %pip install --quiet {{FPSIM_SOURCE}}
 import fpsim
 
@@ -184,8 +186,7 @@ def lesson_notebook(path: Path, install_source: str) -> nbformat.NotebookNode:
 
     nb = jupytext.read(path)
     nb.metadata.pop("jupytext", None)
-    source = install_source or "fpsim @ git+<the fpsim repository URL>"
-    cell = nbformat.v4.new_code_cell(INSTALL_CELL.format(source=source))
+    cell = nbformat.v4.new_code_cell(INSTALL_CELL.format(source=install_source))
     cell.metadata["tags"] = ["fpsim-install"]
     nb.cells.insert(0, cell)
     for c in nb.cells:  # ids are required by nbformat 4.5 and must be unique
@@ -210,7 +211,7 @@ def _warn_install_source(app: Sphinx) -> None:
     if not app.config.fpsim_install_source:
         logger.info(
             "fpsim_site: no [project.urls] Repository in pyproject.toml and no "
-            "FPSIM_INSTALL_SOURCE: the notebooks' install cell names a placeholder"
+            "FPSIM_INSTALL_SOURCE: the notebooks' install cell asks the reader for a source"
         )
 
 
