@@ -9,7 +9,7 @@ automatically: the test is parametrized over ``sorted(lessons/*.md)``.
 
 Run only these:  pytest -m lessons tests/test_lessons.py
 One lesson:      pytest -m lessons tests/test_lessons.py -k 02_rounding
-Full mode by hand (what a learner runs): jupytext --to ipynb lessons/*.md, then Jupyter.
+Full mode by hand (what a learner runs): see lessons/README.md ("Opening the lessons").
 """
 
 from __future__ import annotations
