@@ -273,7 +273,9 @@ def test_fp8_inf_input_is_not_saturated_into_a_number():
 
 
 def test_train_warns_when_the_loss_scale_is_stuck():
-    x = jnp.asarray(X[:64]).at[:, 0].set(jnp.inf)  # every step non-finite: 2**-140 backs off to 0
+    x = (
+        jnp.asarray(X[:64]).at[:, 0].set(jnp.inf)
+    )  # every step non-finite: 2**-140 backs off to 0
     opt = fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), init_scale=2.0**-140)
     with pytest.warns(RuntimeWarning, match="loss scale reached 0 or inf at step 9"):
         hist = fpsim.nn.train(
@@ -281,3 +283,22 @@ def test_train_warns_when_the_loss_scale_is_stuck():
             loss_scale=fpsim.optim.current_loss_scale, watch=False,
         )  # fmt: skip
     assert hist["stuck"].tolist() == [False] * 9 + [True] * 3
+
+
+def test_fp8_step_skipped_by_nan_gradients_writes_no_nan_amax():
+    # the loss scale of the second step is inf: NaN gradients, the step is skipped;
+    # before, NaN entered the activation-gradient histories and froze their scales
+    opt = fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), init_scale=2.0**4)
+
+    def scale(o):
+        return jnp.where(fpsim.optim.loss_scaling_state(o).count == 0, 1.0, jnp.inf)
+
+    ts = fpsim.nn.make_train_step(MLP(), "fp8_hybrid", opt, loss_scale=scale, watch=False)
+    x, y = jnp.asarray(X[:16]), jnp.asarray(Y[:16])
+    state, _ = ts.step(ts.init(jax.random.key(0), x), (x, y))
+    new, m = ts.step(state, (x, y))
+    assert not bool(m["applied"])
+    for a, b in zip(
+        jax.tree.leaves(state.policy_state), jax.tree.leaves(new.policy_state), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
