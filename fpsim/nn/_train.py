@@ -143,7 +143,7 @@ def make_train_step(
       >>> state = ts.init(jax.random.key(0), x)
       >>> state, metrics = ts.step(state, (x, y))
       >>> sorted(metrics)[:4]
-      ['accuracy', 'finite', 'grad_underflow', 'layers']
+      ['accuracy', 'applied', 'finite', 'grad_underflow']
     """
     policy = as_policy(policy)
     init_params, apply_fn = _model_fns(model, layers)
