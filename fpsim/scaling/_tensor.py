@@ -25,12 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fpsim.formats import BF16, FP16, Format
+from fpsim.formats import Format
 from fpsim.rounding import quantize
-
-#: Formats that XLA converts to natively with the same result as :func:`quantize`
-#: (round to nearest even, overflow to inf, subnormals kept), checked bit for bit.
-_NATIVE = {FP16: jnp.float16, BF16: jnp.bfloat16}
 
 
 class ScaleState(NamedTuple):
@@ -183,20 +179,6 @@ class AdaptiveLossScaling:
         return jnp.where(ok, jnp.ldexp(jnp.float32(1.0), e), 1.0).astype(jnp.float32)
 
 
-def round_native(x: jax.Array, fmt: Format) -> jax.Array:
-    """``quantize(x, fmt)`` for FP16 and BF16 (nearest) by XLA's own conversion.
-
-    The conversion to ``float16``/``bfloat16`` and back rounds to nearest even, with
-    overflow to inf and the format's subnormals, exactly as :func:`fpsim.quantize`
-    does (the tests compare the bits over every value's neighbourhood and millions of
-    random float32 patterns); it is a single fused op, where the bit-level rounding is
-    several, which matters at every layer boundary of a training step. A NaN is
-    returned as it came, as :func:`fpsim.quantize` returns it.
-    """
-    q = x.astype(_NATIVE[fmt]).astype(x.dtype)
-    return jnp.where(jnp.isnan(x), x, q)
-
-
 def quantize_scaled(x, fmt: Format | None, scale, rounding: str, key, saturate: bool):
     """``round(x * scale) / scale`` on ``fmt`` (``scale=None``: plain rounding).
 
@@ -204,17 +186,11 @@ def quantize_scaled(x, fmt: Format | None, scale, rounding: str, key, saturate: 
     ``satfinite``); an inf or NaN input is not clamped into a number: it becomes what
     the format makes of it without saturation (inf, or NaN in formats without inf), so
     a non-finite tensor stays visible to loss scaling instead of turning into max.
-
-    FP16 and BF16 with nearest rounding take :func:`round_native`, bit for bit the same.
     """
     if fmt is None:
         return x
     y = x if scale is None else x * scale
-    native = _NATIVE.get(fmt)
-    if native is not None and rounding == "nearest" and not saturate:
-        q = round_native(y, fmt)
-    else:
-        q = quantize(y, fmt, rounding, key=key, saturate=saturate)
+    q = quantize(y, fmt, rounding, key=key, saturate=saturate)
     if saturate:
         q = jnp.where(jnp.isfinite(x), q, quantize(y, fmt, "nearest", saturate=False))
     if scale is not None:
