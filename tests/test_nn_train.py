@@ -230,3 +230,75 @@ def test_fp8_digits_long():
         f"fp8_naive {naive:.4f}"
     )
     assert fp8 > f32 - 0.02 and naive < 0.5
+
+
+# ---- issue 11: skipped steps leave every piece of state; inf input; stuck scales -------
+def _fp8_step():
+    opt = fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), init_scale=2.0**4)
+    ts = fpsim.nn.make_train_step(
+        MLP(), "fp8_hybrid", opt, loss_scale=fpsim.optim.current_loss_scale, watch=False
+    )
+    x, y = jnp.asarray(X[:16]), jnp.asarray(Y[:16])
+    state = ts.init(jax.random.key(0), x)
+    state, _ = ts.step(state, (x, y))  # fills the histories
+    return ts, state, x, y
+
+
+def test_fp8_skipped_step_leaves_amax_histories_untouched():
+    ts, state, x, y = _fp8_step()
+    bad = x.at[0, 0].set(jnp.inf)
+    new, m = ts.step(state, (bad, y))
+    assert not bool(m["applied"]) and not bool(m["finite"])
+    for a, b in zip(
+        jax.tree.leaves((state.params, state.policy_state)),
+        jax.tree.leaves((new.params, new.policy_state)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(fpsim.optim.loss_scaling_state(new.opt_state).skipped) == 1
+    # an applied step does move the histories
+    moved, m = ts.step(state, (x, y))
+    assert bool(m["applied"])
+    hist = lambda s: np.concatenate(  # noqa: E731
+        [np.ravel(v) for v in jax.tree.leaves(s.policy_state)]
+    )
+    assert not np.array_equal(hist(moved), hist(state))
+
+
+def test_fp8_inf_input_is_not_saturated_into_a_number():
+    # before: E4M3 saturation turned inf into 448, the loss was finite and applied
+    ts, state, x, y = _fp8_step()
+    _, m = ts.step(state, (x.at[0, 0].set(jnp.inf), y))
+    assert np.isnan(float(m["loss"])) and not bool(m["applied"])
+
+
+def test_train_warns_when_the_loss_scale_is_stuck():
+    x = (
+        jnp.asarray(X[:64]).at[:, 0].set(jnp.inf)
+    )  # every step non-finite: 2**-140 backs off to 0
+    opt = fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), init_scale=2.0**-140)
+    with pytest.warns(RuntimeWarning, match="loss scale reached 0 or inf at step 9"):
+        hist = fpsim.nn.train(
+            MLP(), "float32", (x, Y[:64]), opt, 12, batch_size=32,
+            loss_scale=fpsim.optim.current_loss_scale, watch=False,
+        )  # fmt: skip
+    assert hist["stuck"].tolist() == [False] * 9 + [True] * 3
+
+
+def test_fp8_step_skipped_by_nan_gradients_writes_no_nan_amax():
+    # the loss scale of the second step is inf: NaN gradients, the step is skipped;
+    # before, NaN entered the activation-gradient histories and froze their scales
+    opt = fpsim.optim.dynamic_loss_scaling(optax.sgd(0.1), init_scale=2.0**4)
+
+    def scale(o):
+        return jnp.where(fpsim.optim.loss_scaling_state(o).count == 0, 1.0, jnp.inf)
+
+    ts = fpsim.nn.make_train_step(MLP(), "fp8_hybrid", opt, loss_scale=scale, watch=False)
+    x, y = jnp.asarray(X[:16]), jnp.asarray(Y[:16])
+    state, _ = ts.step(ts.init(jax.random.key(0), x), (x, y))
+    new, m = ts.step(state, (x, y))
+    assert not bool(m["applied"])
+    for a, b in zip(
+        jax.tree.leaves(state.policy_state), jax.tree.leaves(new.policy_state), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,9 +1,11 @@
 """Flax integration: run an unmodified Linen or NNX model under a precision policy.
 
-* :class:`Policy` and the presets (:func:`get_policy`): formats for weights, layer
-  inputs and outputs, activation gradients and weight gradients; per-module overrides;
-  FP8 delayed scaling (:class:`DelayedScaling`); layer-wise adaptive loss scaling
-  (:class:`AdaptiveLossScaling`).
+* :class:`Policy` and the presets (:func:`get_policy`, also jmp-style strings such as
+  ``"params=float32,compute=float16,output=float32"``): formats for the stored weights
+  (``param``), the compute cast (``compute``), layer outputs, activation gradients and
+  weight gradients; per-module overrides; FP8 delayed scaling (:class:`DelayedScaling`)
+  and layer-wise adaptive loss scaling (:class:`AdaptiveLossScaling`), both rules from
+  :mod:`fpsim.scaling`.
 * :func:`apply` (forward) and :func:`value_and_grad` (with per-layer statistics of
   activations and activation gradients, as float32 had them and as the simulated pass
   holds them); :func:`instrument` prepares an NNX model; Linen needs nothing.
@@ -23,11 +25,8 @@ from fpsim.nn._dot_general import quantized_dot_general as quantized_dot_general
 from fpsim.nn._nnx import instrument as instrument
 from fpsim.nn._policy import PRESET_NAMES as PRESET_NAMES
 from fpsim.nn._policy import PRESETS as PRESETS
-from fpsim.nn._policy import AdaptiveLossScaling as AdaptiveLossScaling
-from fpsim.nn._policy import DelayedScaling as DelayedScaling
 from fpsim.nn._policy import Policy as Policy
 from fpsim.nn._policy import get_policy as get_policy
-from fpsim.nn._scaling import ScaleState as ScaleState
 from fpsim.nn._stats import LayerStats as LayerStats
 from fpsim.nn._stats import TensorStats as TensorStats
 from fpsim.nn._train import TrainState as TrainState
@@ -35,6 +34,9 @@ from fpsim.nn._train import TrainStep as TrainStep
 from fpsim.nn._train import cross_entropy as cross_entropy
 from fpsim.nn._train import make_train_step as make_train_step
 from fpsim.nn._train import train as train
+from fpsim.scaling import AdaptiveLossScaling as AdaptiveLossScaling
+from fpsim.scaling import DelayedScaling as DelayedScaling
+from fpsim.scaling import ScaleState as ScaleState
 
 __all__ = [
     "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "AdaptiveLossScaling", "DelayedScaling",

@@ -4,7 +4,7 @@ The user's function takes the parameters first and calls the model itself: for L
 ``lambda params, x: model.apply({"params": params}, x)``, for NNX
 ``lambda params, x: nnx.merge(graphdef, params, rest)(x)`` on an
 :func:`~fpsim.nn.instrument`-ed model. fpsim casts the parameters to the policy's
-``param`` format before the call ("the weights as the model sees them") and rounds every
+``compute`` format before the call ("the weights as the model sees them") and rounds every
 intercepted layer's inputs, outputs and gradients.
 """
 
@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from fpsim.nn._boundary import OutAux
-from fpsim.nn._context import LAYER_NAMES, Run, activate, out_cfg
+from fpsim.nn._context import LAYER_NAMES, Run, activate
 from fpsim.nn._policy import Policy, as_policy
-from fpsim.nn._scaling import init_scale_state
 from fpsim.nn._stats import LayerStats, tensor_stats
 from fpsim.stats import ValueCounts, value_counts
 
@@ -111,15 +110,15 @@ def init_state(fn, policy, params, *args, layers=LAYER_NAMES, **kwargs) -> dict:
         if rec is None:
             continue
         if s.policy.compute is not None and s.n_inputs:
-            state["inputs"][s.key] = tuple(init_scale_state(rec) for _ in range(s.n_inputs))
+            state["inputs"][s.key] = tuple(rec.init() for _ in range(s.n_inputs))
         if s.policy.grad is not None and s.out_shapes:
-            state["grads"][s.key] = init_scale_state(rec)
+            state["grads"][s.key] = rec.init()
     classes = _classes(sites)
     for path, owner, name, _leaf in param_paths(params):
         pol = policy.for_module(owner, classes.get(owner, ""))
         named = pol.param_names is None or name in pol.param_names
-        if pol.scaling is not None and pol.param is not None and named:
-            state["params"][path] = init_scale_state(pol.scaling)
+        if pol.scaling is not None and pol.compute is not None and named:
+            state["params"][path] = pol.scaling.init()
     return state
 
 
@@ -169,7 +168,8 @@ def _diff_inputs(sites, state, watch: bool) -> dict:
         if watch:
             z = jnp.zeros(y.shape, y.dtype)
             probe = (z, z, jnp.zeros((), jnp.float32))
-        gstate = state.get("grads", {}).get(s.key) if out_cfg(pol).scaling else None
+        scaled = pol.scaling is not None and pol.grad is not None
+        gstate = state.get("grads", {}).get(s.key) if scaled else None
         alpha = jnp.zeros((), jnp.float32) if pol.adaptive is not None else None
         if probe is not None or gstate is not None or alpha is not None:
             diff[s.key] = OutAux(probe, gstate, alpha, None)

@@ -27,53 +27,61 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fpsim._keys import derive
 from fpsim.formats import Format
-from fpsim.nn._policy import AdaptiveLossScaling, DelayedScaling
-from fpsim.nn._scaling import adaptive_scale, delayed_scale, push_amax, round_scaled
+from fpsim.nn._policy import Policy
+from fpsim.scaling import quantize_scaled
+
+#: Which policy fields round a tensor at a boundary, forward and backward: a layer's
+#: input is read in ``compute`` and its gradient written in ``output``; a weight is read
+#: in ``compute`` and its gradient written in ``param_grad``; a layer's output is
+#: written in ``output`` and its gradient read in ``grad``.
+ROLES: dict[str, tuple[str, str]] = {
+    "input": ("compute", "output"),
+    "param": ("compute", "param_grad"),
+    "output": ("output", "grad"),
+}
 
 
-class CastCfg(NamedTuple):
-    """Static configuration of a boundary (hashable)."""
-
-    fwd: Format | None
-    bwd: Format | None
-    rounding: str = "nearest"
-    grad_rounding: str = "nearest"
-    saturate: bool = False
-    scaling: DelayedScaling | None = None
-    adaptive: AdaptiveLossScaling | None = None
+def formats(pol: Policy, role: str) -> tuple[Format | None, Format | None]:
+    """The (forward, backward) formats of a boundary of kind ``role``."""
+    fwd, bwd = ROLES[role]
+    return getattr(pol, fwd), getattr(pol, bwd)
 
 
 def _split(key):
+    """(forward key, backward key) of one boundary, or (None, None)."""
     if key is None:
         return None, None
-    k1, k2 = jax.random.split(key)
-    return k1, k2
+    return derive(key, 0), derive(key, 1)
 
 
 # --------------------------------------------------------------------------------------
 # cast_in: (x, scale, token, key) -> (round(x), token)
 # --------------------------------------------------------------------------------------
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def cast_in(cfg: CastCfg, x, scale, token, key):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def cast_in(pol: Policy, role: str, x, scale, token, key):
     """Round ``x`` forward (times ``scale``, if given) and its gradient backward.
 
-    Backward, the gradient is rounded to ``cfg.bwd`` as it comes (scaled by the layer's
-    adaptive scale when ``token`` is given) and then divided by that scale.
+    ``role`` is ``"input"`` or ``"param"`` (see :data:`ROLES`). Backward, the gradient
+    is rounded to the backward format as it comes (scaled by the layer's adaptive scale
+    when ``token`` is given) and then divided by that scale.
     """
-    return _cast_in_fwd(cfg, x, scale, token, key)[0]
+    return _cast_in_fwd(pol, role, x, scale, token, key)[0]
 
 
-def _cast_in_fwd(cfg, x, scale, token, key):
+def _cast_in_fwd(pol, role, x, scale, token, key):
     kf, kb = _split(key)
-    y = round_scaled(x, cfg.fwd, scale, cfg.rounding, kf, cfg.saturate)
+    fwd, _ = formats(pol, role)
+    y = quantize_scaled(x, fwd, scale, pol.rounding, kf, pol.saturate)
     out_token = None if token is None else jnp.zeros((), jnp.float32)
     return (y, out_token), kb
 
 
-def _cast_in_bwd(cfg, kb, cts):
+def _cast_in_bwd(pol, role, kb, cts):
     g, alpha = cts
-    g = round_scaled(g, cfg.bwd, None, cfg.grad_rounding, kb, cfg.saturate)
+    _, bwd = formats(pol, role)
+    g = quantize_scaled(g, bwd, None, pol.grad_rounding, kb, pol.saturate)
     if alpha is not None:  # the layer ran backward on gradients scaled by alpha
         alpha = jnp.where(alpha == 0, 1.0, alpha)
         g = (g / alpha).astype(g.dtype)
@@ -99,35 +107,37 @@ class OutAux(NamedTuple):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def cast_out(cfg: CastCfg, y, aux: OutAux, key):
-    """Round ``y`` forward to ``cfg.fwd``; round its cotangent backward to ``cfg.bwd``."""
-    return _cast_out_fwd(cfg, y, aux, key)[0]
+def cast_out(pol: Policy, y, aux: OutAux, key):
+    """Round ``y`` forward to ``pol.output``; round its cotangent backward to
+    ``pol.grad`` (scaled by the delayed or adaptive scale, if the policy has one)."""
+    return _cast_out_fwd(pol, y, aux, key)[0]
 
 
-def _cast_out_fwd(cfg, y, aux, key):
+def _cast_out_fwd(pol, y, aux, key):
     kf, kb = _split(key)
-    yq = round_scaled(y, cfg.fwd, None, cfg.rounding, kf, cfg.saturate)
+    yq = quantize_scaled(y, pol.output, None, pol.rounding, kf, pol.saturate)
     return yq, (aux, kb)
 
 
-def _cast_out_bwd(cfg, res, g):
+def _cast_out_bwd(pol, res, g):
     aux, kb = res
-    fmt = cfg.bwd
+    fmt = pol.grad
     new_state = None
-    if cfg.scaling is not None and aux.state is not None and fmt is not None:
-        scale = delayed_scale(aux.state, fmt, cfg.scaling)
-        new_state = type(aux.state)(*push_amax(aux.state, g, scale))
-    elif cfg.adaptive is not None:
-        scale = adaptive_scale(g, fmt, cfg.adaptive)
+    if pol.scaling is not None and aux.state is not None and fmt is not None:
+        scale = pol.scaling.scale(aux.state, fmt)
+        new_state = type(aux.state)(*pol.scaling.update(aux.state, g, scale))
+    elif pol.adaptive is not None:
+        scale = pol.adaptive.scale(g, fmt)
     else:
         scale = None
+    rnd, sat = pol.grad_rounding, pol.saturate
     if scale is None:  # no scaling: round as is (no multiply by 1 in the graph)
-        stored = lp = round_scaled(g, fmt, None, cfg.grad_rounding, kb, cfg.saturate)
+        stored = lp = quantize_scaled(g, fmt, None, rnd, kb, sat)
         scale = jnp.ones((), jnp.float32)
     else:
-        stored = round_scaled(g * scale, fmt, None, cfg.grad_rounding, kb, cfg.saturate)
+        stored = quantize_scaled(g * scale, fmt, None, rnd, kb, sat)
         lp = (stored / scale).astype(g.dtype)  # what the pass holds, in float32 units
-    ct_y = stored.astype(g.dtype) if cfg.adaptive is not None else lp
+    ct_y = stored.astype(g.dtype) if pol.adaptive is not None else lp
     ct_aux = OutAux(
         probe=None if aux.probe is None else (g, lp, scale),
         state=new_state,

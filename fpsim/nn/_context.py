@@ -9,17 +9,19 @@ states) leaves the traced function as ordinary outputs, so nothing is stateful.
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from fpsim._keys import derive
 from fpsim.formats import FP32
-from fpsim.nn._boundary import CastCfg, OutAux, cast_in, cast_out
+from fpsim.nn import _active
+from fpsim.nn._boundary import OutAux, cast_in, cast_out, formats
+from fpsim.nn._linen import interceptor
 from fpsim.nn._policy import Policy
-from fpsim.nn._scaling import delayed_scale, push_amax
 from fpsim.nn._stats import tensor_stats
+from fpsim.optim._common import is_float  # moves to fpsim._bits.is_float (core)
 
 #: Class names of the leaf layers intercepted by default (Linen and NNX).
 LAYER_NAMES: tuple[str, ...] = (
@@ -37,33 +39,6 @@ class Site(NamedTuple):
     policy: Policy
     n_inputs: int  # floating-point positional inputs
     out_shapes: tuple  # ShapeDtypeStructs of the floating-point outputs
-
-
-def is_float(x) -> bool:
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
-
-
-def in_cfg(pol: Policy, param: bool = False) -> CastCfg:
-    return CastCfg(
-        fwd=pol.param if param else pol.compute,
-        bwd=pol.param_grad if param else pol.output,
-        rounding=pol.rounding,
-        grad_rounding=pol.grad_rounding,
-        saturate=pol.saturate,
-    )
-
-
-def out_cfg(pol: Policy) -> CastCfg:
-    return CastCfg(
-        fwd=pol.output,
-        bwd=pol.grad,
-        rounding=pol.rounding,
-        grad_rounding=pol.grad_rounding,
-        saturate=pol.saturate,
-        scaling=pol.scaling if pol.grad is not None else None,
-        adaptive=pol.adaptive,
-    )
 
 
 def is_active(pol: Policy, watch: bool) -> bool:
@@ -114,7 +89,7 @@ class Run:
         if self.key is None:
             return None
         self._n += 1
-        return jax.random.fold_in(self.key, self._n)
+        return derive(self.key, self._n)
 
     def layer(self, path: str, cls: str, call, args, kwargs):
         """Apply the policy around one layer call ``call(*args, **kwargs)``."""
@@ -148,7 +123,7 @@ class Run:
                     f"{key!r} ({cls}) has several"
                 )
             aux = aux._replace(tokens=tokens if first else None)
-            yq = cast_out(out_cfg(pol), y, aux, self._site_key())
+            yq = cast_out(pol, y, aux, self._site_key())
             if first and self.watch:
                 rec["outputs"] = tensor_stats(y, yq, pol.output)
             leaves[i] = yq
@@ -159,7 +134,7 @@ class Run:
 
     def _inputs(self, key, pol, args, rec):
         leaves, tree = jax.tree.flatten(args)
-        cfg = in_cfg(pol)
+        fwd, _ = formats(pol, "input")
         tokens = []
         states = self.states.get("inputs", {}).get(key)
         new_states = []
@@ -168,15 +143,15 @@ class Run:
             if not is_float(x):
                 continue
             scale = None
-            if pol.scaling is not None and cfg.fwd is not None and states is not None:
-                scale = delayed_scale(states[j], cfg.fwd, pol.scaling)
-                new_states.append(push_amax(states[j], x, scale))
+            if pol.scaling is not None and fwd is not None and states is not None:
+                scale = pol.scaling.scale(states[j], fwd)
+                new_states.append(pol.scaling.update(states[j], x, scale))
             token = jnp.zeros((), jnp.float32) if pol.adaptive is not None else None
-            xq, t = cast_in(cfg, x, scale, token, self._site_key())
+            xq, t = cast_in(pol, "input", x, scale, token, self._site_key())
             if t is not None:
                 tokens.append(t)
             if j == 0 and self.watch:
-                rec["inputs"] = tensor_stats(x, xq, cfg.fwd, scale)
+                rec["inputs"] = tensor_stats(x, xq, fwd, scale)
             leaves[i] = xq
             j += 1
         if new_states:
@@ -188,25 +163,21 @@ class Run:
         """The weight ``p`` as the layer sees it (a cast of the stored weight)."""
         pol = self.policy.for_module(owner, owner_cls)
         if not is_float(p) or (pol.param_names is not None and name not in pol.param_names):
-            pol = Policy(name="float32")
-        cfg = in_cfg(pol, param=True)
-        if cfg.fwd is None and cfg.bwd is None:
+            return p
+        fwd, bwd = formats(pol, "param")
+        if fwd is None and bwd is None:
             return p
         scale = None
         state = self.states.get("params", {}).get(path)
-        if pol.scaling is not None and cfg.fwd is not None and state is not None:
-            scale = delayed_scale(state, cfg.fwd, pol.scaling)
-            self.new_states["params"][path] = push_amax(state, p, scale)
-        return cast_in(cfg, p, scale, None, self._site_key())[0]
-
-
-_STACK = threading.local()
+        if pol.scaling is not None and fwd is not None and state is not None:
+            scale = pol.scaling.scale(state, fwd)
+            self.new_states["params"][path] = pol.scaling.update(state, p, scale)
+        return cast_in(pol, "param", p, scale, None, self._site_key())[0]
 
 
 def current() -> Run | None:
     """The innermost active Run, or None."""
-    stack = getattr(_STACK, "runs", None)
-    return stack[-1] if stack else None
+    return _active.current()
 
 
 @contextlib.contextmanager
@@ -214,17 +185,12 @@ def activate(run: Run):
     """Make ``run`` receive the intercepted layer calls (Linen and NNX)."""
     import flax.linen as nn
 
-    from fpsim.nn._linen import interceptor
-
-    stack = getattr(_STACK, "runs", None)
-    if stack is None:
-        stack = _STACK.runs = []
-    stack.append(run)
+    _active.push(run)
     try:
         with nn.intercept_methods(interceptor):
             yield run
     finally:
-        stack.pop()
+        _active.pop()
 
 
 def stats_format(fmt):

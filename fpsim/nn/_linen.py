@@ -8,6 +8,8 @@ it hands to the active :class:`~fpsim.nn._context.Run`. The model is not edited.
 
 from __future__ import annotations
 
+from fpsim.nn._active import current
+
 
 def module_path(module) -> str:
     """``"block/Dense_0"``: the Linen module's path in its model."""
@@ -20,8 +22,6 @@ def module_path(module) -> str:
 
 def interceptor(next_fun, args, kwargs, context):
     """The ``nn.intercept_methods`` hook; inactive outside :func:`fpsim.nn.apply` & co."""
-    from fpsim.nn._context import current
-
     run = current()
     if run is None or context.method_name != "__call__" or not run.selects(context.module):
         return next_fun(*args, **kwargs)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 
-from fpsim.nn._context import LAYER_NAMES, current
+from fpsim.nn._active import current
+from fpsim.nn._context import LAYER_NAMES
 
 
 @functools.cache

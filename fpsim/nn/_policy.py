@@ -1,27 +1,33 @@
 """Precision policies: which format each tensor of a network lives in.
 
-A layer of a mixed-precision network touches five kinds of tensors, and real recipes
-give each its own format:
+The vocabulary is jmp's and Flax's: ``param`` is how the weights are *stored*,
+``compute`` is what a layer computes in (the cast of its weights and inputs), ``output``
+is what it writes. A layer of a mixed-precision network touches these tensors, and real
+recipes give each its own format:
 
-============  =========================================================================
-field         the tensor
-============  =========================================================================
-``param``     the weights *as the layer sees them* (a cast of the stored weights)
-``compute``   the layer's inputs, as it reads them
-``output``    what the layer writes: its output on the way forward and the gradient of
-              its input on the way back
-``grad``      the activation gradient (the cotangent of the layer's output) as the
-              layer's backward pass reads it
+==============  =======================================================================
+field           the tensor
+==============  =======================================================================
+``param``       the stored weights, between steps (jmp's ``param_dtype``, Flax's
+                ``param_dtype``): ``None`` keeps float32 *master weights* ("mixed"
+                precision); a format stores them in it ("pure", no master copy)
+``compute``     what a layer computes in (jmp's ``compute_dtype``, Flax's ``dtype``):
+                its inputs and its weights are cast to it as the layer reads them
+``output``      what the layer writes: its output on the way forward and the gradient
+                of its input on the way back
+``grad``        the activation gradient (the cotangent of the layer's output) as the
+                layer's backward pass reads it
 ``param_grad``  the weight gradient the layer's backward pass writes
-``storage``   where the weights live between steps: ``None`` keeps float32 *master
-              weights* ("mixed" precision); a format stores them in it ("pure")
-============  =========================================================================
+==============  =======================================================================
 
 ``None`` always means "leave it in float32". Per-module ``overrides`` (fnmatch patterns
 on the module's path such as ``"Dense_2"`` or ``"decoder/*"``, or on its class name such
 as ``"LayerNorm"``) replace the policy for the matching modules, for example to keep the
 last layer in float32. The loss is always computed in float32 by :mod:`fpsim.nn`'s
 training helpers.
+
+Policies can also be written as jmp-style strings:
+``get_policy("params=float32,compute=float16,output=float32")`` (see :func:`get_policy`).
 """
 
 from __future__ import annotations
@@ -29,76 +35,23 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 
-from fpsim.formats import Format, get_format
+from fpsim.formats import FP32, Format, get_format
 from fpsim.rounding import FormatLike, check_rounding
+from fpsim.scaling import AdaptiveLossScaling, DelayedScaling
 
-
-@dataclasses.dataclass(frozen=True)
-class DelayedScaling:
-    """Per-tensor FP8 scaling from a history of amax values (Transformer Engine's recipe).
-
-    An FP8 format has so few exponents (E4M3 spans ``2**-9 .. 448``) that a tensor only
-    fits if it is first multiplied by a *scale* that moves its largest magnitude near the
-    format's max. Computing that maximum ("amax") of the tensor being quantized would
-    need a pass over it before the cast; Transformer Engine's ``DelayedScaling`` instead
-    uses the amaxes of the *previous* ``history_len`` steps:
-
-        scale = fmt.max / max(amax_history) / 2**margin      (kept if that amax is 0)
-        x_fp8 = saturate(round(x * scale))     dequantized: x_fp8 / scale
-
-    and then pushes this step's amax into the history. The state is carried functionally
-    (see :class:`fpsim.nn.ScaleState`) and updated every step.
-
-    Warm-up: the history starts empty (scale 1), so the first steps run unscaled. For
-    activation gradients it fills from the top of the network down: a layer's cotangent
-    is only nonzero once the layers above it pass nonzero gradients down, so a deep
-    model needs a few steps (about one per layer at worst) before every gradient tensor
-    is scaled. The newest amax is ``ScaleState.amax_history[0]``.
-
-    Attributes:
-      history_len: number of past amax values kept per tensor.
-      margin: extra headroom in powers of two below the format's max.
-    """
-
-    history_len: int = 16
-    margin: int = 0
-
-    def __post_init__(self):
-        if not (isinstance(self.history_len, int) and self.history_len >= 1):
-            raise ValueError(
-                f"history_len must be a positive int, got {self.history_len!r}"
-            )
-        if not (isinstance(self.margin, int) and self.margin >= 0):
-            raise ValueError(f"margin must be a non-negative int, got {self.margin!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class AdaptiveLossScaling:
-    """Layer-wise loss scales chosen during the backward pass (after Zhao et al. 2019).
-
-    When the backward pass reaches a layer, the incoming activation gradient ``g`` is
-    multiplied by the largest power of two ``alpha`` that keeps ``max|g| * alpha`` below
-    ``fmt.max / 2**margin`` (``margin`` leaves room for the growth of the sums in the
-    layer's backward matrix products), capped at ``2**max_log2``. The layer's backward
-    pass then runs on scaled values: its weight gradient comes out multiplied by
-    ``alpha`` (the optimizer undoes it: ``grad_scales``) and the gradient it passes down
-    is unscaled again at the layer's input. Small gradients are therefore lifted above
-    the underflow threshold layer by layer, each layer by what it can afford.
-
-    Attributes:
-      margin: powers of two of headroom below the grad format's max.
-      max_log2: largest scale exponent allowed.
-    """
-
-    margin: int = 8
-    max_log2: int = 64
-
-
-_FIELDS = ("param", "compute", "output", "grad", "param_grad", "storage")
+_FIELDS = ("param", "compute", "output", "grad", "param_grad")
 
 
 def _fmt(value) -> Format | None:
-    return None if value is None else get_format(value)
+    """A Format, or None for "float32" (rounding float32 to FP32 changes nothing)."""
+    if value is None:
+        return None
+    fmt = get_format(value)
+    return None if fmt == FP32 else fmt
+
+
+def _name(fmt: Format | None) -> str:
+    return "float32" if fmt is None else fmt.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,20 +60,21 @@ class Policy:
 
     Attributes:
       name: label used in reports.
-      param: format of the weights as the layers see them.
-      compute: format of each layer's inputs.
+      param: format the weights are stored in between steps (None: float32 master
+        weights).
+      compute: format each layer computes in: its inputs and its weights (those named
+        in ``param_names``) are cast to it.
       output: format of each layer's outputs, and of the input gradients its backward
         pass produces.
       grad: format of the activation gradient a layer's backward pass reads.
       param_grad: format of the weight gradients.
-      storage: format of the stored weights between steps (None: float32 master weights).
       rounding: rounding mode of the forward roundings.
       grad_rounding: rounding mode of the backward roundings.
       saturate: overflow clamps to +-max instead of becoming inf/NaN.
       scaling: per-tensor delayed scaling (FP8 recipes), or None.
       adaptive: layer-wise adaptive loss scaling in the backward pass, or None.
-      param_names: names of the parameters ``param`` applies to (e.g. ``("kernel",)``),
-        or None for all of them.
+      param_names: names of the parameters cast to ``compute`` (e.g. ``("kernel",)``
+        or ``"kernel"``), or None for all of them.
       overrides: ``((pattern, policy), ...)``; a module whose path (``"block/Dense_0"``)
         or class name (``"LayerNorm"``) matches ``pattern`` (fnmatch syntax) uses
         ``policy``; the last match wins. A policy may be given by preset name.
@@ -132,7 +86,6 @@ class Policy:
     output: Format | None = None
     grad: Format | None = None
     param_grad: Format | None = None
-    storage: Format | None = None
     rounding: str = "nearest"
     grad_rounding: str = "nearest"
     saturate: bool = False
@@ -147,7 +100,14 @@ class Policy:
         check_rounding(self.rounding)
         check_rounding(self.grad_rounding)
         if self.param_names is not None:
-            object.__setattr__(self, "param_names", tuple(self.param_names))
+            names = self.param_names
+            names = (names,) if isinstance(names, str) else names
+            if not all(isinstance(n, str) and n for n in names):
+                raise TypeError(
+                    f"param_names must be a parameter name or a tuple of names (e.g. "
+                    f"'kernel' or ('kernel', 'embedding')), got {self.param_names!r}"
+                )
+            object.__setattr__(self, "param_names", tuple(names))
         resolved = []
         for item in self.overrides:
             if not (isinstance(item, tuple | list) and len(item) == 2):
@@ -165,6 +125,21 @@ class Policy:
                 raise TypeError(f"override for {pattern!r} must be a Policy or preset name")
             resolved.append((pattern, dataclasses.replace(pol, overrides=())))
         object.__setattr__(self, "overrides", tuple(resolved))
+
+    def __repr__(self) -> str:
+        """Formats by name, ``'float32'`` where nothing is rounded; defaults omitted."""
+        parts = [f"name={self.name!r}"]
+        parts += [f"{f}={_name(getattr(self, f))!r}" for f in _FIELDS]
+        for f in dataclasses.fields(self):
+            if f.name in (*_FIELDS, "name", "overrides"):
+                continue
+            value = getattr(self, f.name)
+            if value != f.default:
+                parts.append(f"{f.name}={value!r}")
+        if self.overrides:
+            pairs = ", ".join(f"({pat!r}, {pol.name!r})" for pat, pol in self.overrides)
+            parts.append(f"overrides=({pairs}{',' * (len(self.overrides) == 1)})")
+        return f"Policy({', '.join(parts)})"
 
     @property
     def is_float32(self) -> bool:
@@ -206,27 +181,27 @@ def _presets() -> dict[str, Policy]:
         # in the optimizer); normalization layers stay in float32, as in the paper and as
         # PyTorch's autocast runs layer_norm/batch_norm
         "fp16_mixed": Policy(
-            name="fp16_mixed", param="fp16", compute="fp16", output="fp16", grad="fp16",
+            name="fp16_mixed", compute="fp16", output="fp16", grad="fp16",
             param_grad="fp16", overrides=norms_fp32,
         ),
         "bf16_mixed": Policy(
-            name="bf16_mixed", param="bf16", compute="bf16", output="bf16", grad="bf16",
+            name="bf16_mixed", compute="bf16", output="bf16", grad="bf16",
             param_grad="bf16", overrides=norms_fp32,
         ),
         # no master weights: the weights themselves are stored in FP16
         "fp16_pure": Policy(
             name="fp16_pure", param="fp16", compute="fp16", output="fp16", grad="fp16",
-            param_grad="fp16", storage="fp16",
+            param_grad="fp16",
         ),
         # Micikevicius et al. 2022 / Transformer Engine: E4M3 forward, E5M2 backward, matrix
         # products only, per-tensor delayed scaling; outputs and norms in high precision
         "fp8_hybrid": Policy(
-            name="fp8_hybrid", param="e4m3", compute="e4m3", grad="e5m2", saturate=True,
+            name="fp8_hybrid", compute="e4m3", grad="e5m2", saturate=True,
             scaling=DelayedScaling(), param_names=("kernel",), overrides=norms_fp32,
         ),
         # the same casts with no scaling at all: what goes wrong without the recipe
         "fp8_naive": Policy(
-            name="fp8_naive", param="e4m3", compute="e4m3", grad="e5m2",
+            name="fp8_naive", compute="e4m3", grad="e5m2",
             param_names=("kernel",), overrides=norms_fp32,
         ),
     }  # fmt: skip
@@ -236,14 +211,62 @@ PRESETS: dict[str, Policy] = _presets()
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 
+_JMP_KEYS = {
+    "p": "param", "param": "param", "params": "param",
+    "c": "compute", "compute": "compute",
+    "o": "output", "output": "output",
+    "g": "grad", "grad": "grad", "grads": "grad",
+    "pg": "param_grad", "param_grad": "param_grad", "param_grads": "param_grad",
+}  # fmt: skip
+_JMP_DTYPES = {"f16": "float16", "f32": "float32", "full": "float32"}
+
+
+def _parse_jmp(spec: str) -> Policy:
+    """``"params=float32,compute=float16,output=float32"`` (jmp's syntax) as a Policy.
+
+    Keys as in jmp (``p``/``params``, ``c``/``compute``, ``o``/``output``) plus fpsim's
+    ``g``/``grad`` and ``pg``/``param_grad``; values are format names (jmp's
+    ``f32``/``f16``/``bf16`` too). Unnamed ``params`` and ``output`` are float32, as in
+    jmp; unnamed ``grad`` and ``param_grad`` follow ``compute`` (in jmp the backward
+    pass runs in the compute dtype).
+    """
+    fields: dict[str, Format | None] = {}
+    for part in spec.split(","):
+        key, eq, value = (t.strip().lower() for t in part.partition("="))
+        if not eq or key not in _JMP_KEYS:
+            raise ValueError(
+                f"cannot read {part.strip()!r} in policy {spec!r}: write key=format with "
+                "key one of params, compute, output, grad, param_grad (or p, c, o, g, "
+                "pg), e.g. 'params=float32,compute=float16,output=float32'"
+            )
+        field = _JMP_KEYS[key]
+        if field in fields:
+            raise ValueError(f"{field!r} is given twice in policy {spec!r}")
+        fields[field] = _fmt(_JMP_DTYPES.get(value, value))
+    fields.setdefault("grad", fields.get("compute"))
+    fields.setdefault("param_grad", fields.get("compute"))
+    return Policy(name=spec, **fields)
+
+
 def get_policy(name: str | Policy) -> Policy:
-    """A preset policy by name (a Policy passes through).
+    """A policy by preset name or jmp-style string (a Policy passes through).
 
     Presets: ``"float32"``; ``"fp16_mixed"`` (FP16 compute and gradients, float32 master
     weights: Micikevicius et al. 2017); ``"bf16_mixed"``; ``"fp16_pure"`` (weights stored
     in FP16 too: no master weights); ``"fp8_hybrid"`` (E4M3 forward, E5M2 backward, with
     Transformer Engine's delayed per-tensor scaling); ``"fp8_naive"`` (the same casts
     without scaling, the baseline that fails).
+
+    jmp-style strings name the formats: ``"params=float32,compute=float16,output=float32"``
+    (or ``"p=f32,c=bf16,o=f32"``); a single format name (``"bfloat16"``) puts everything
+    in it, weights stored included, as jmp does. Unnamed ``grad`` and ``param_grad``
+    follow ``compute``.
+
+    Example:
+      >>> import fpsim
+      >>> p = fpsim.nn.get_policy("params=float32,compute=float16,output=float32")
+      >>> p.param is None, p.compute.name, p.output is None, p.grad.name
+      (True, 'fp16', True, 'fp16')
 
     Raises:
       ValueError: unknown name; the message lists the presets.
@@ -254,12 +277,19 @@ def get_policy(name: str | Policy) -> Policy:
         raise TypeError(
             f"expected a preset name or fpsim.nn.Policy, got {type(name).__name__}"
         )
+    key = name.strip().lower().replace("-", "_")
+    if key in PRESETS:
+        return PRESETS[key]
+    if "=" in name:
+        return _parse_jmp(name)
     try:
-        return PRESETS[name.strip().lower().replace("-", "_")]
-    except KeyError:
+        fmt = _fmt(_JMP_DTYPES.get(key, key))
+    except (ValueError, TypeError):
         raise ValueError(
-            f"unknown precision policy {name!r}; presets: {', '.join(PRESET_NAMES)}"
+            f"unknown precision policy {name!r}; presets: {', '.join(PRESET_NAMES)}; or "
+            "a jmp-style string such as 'params=float32,compute=float16,output=float32'"
         ) from None
+    return Policy(name=name, param=fmt, compute=fmt, output=fmt, grad=fmt, param_grad=fmt)
 
 
 def as_policy(policy: str | Policy) -> Policy:

@@ -10,7 +10,9 @@ step multiplies the loss by it before differentiating.
 
 from __future__ import annotations
 
+import functools
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fpsim._keys import derive
 from fpsim.nn._apply import (
     _classes,
     discover,
@@ -83,7 +86,8 @@ def _model_fns(model, layers):
 
 
 def store(params, policy: Policy, classes=None):
-    """Round each weight to its storage format (pure low precision; identity if None).
+    """Round each weight to its stored format ``param`` (pure low precision; identity
+    for None, the float32 master weights).
 
     ``classes`` maps module paths to class names (``{"LayerNorm_0": "LayerNorm"}``) so
     that class-name overrides such as ``("*Norm", "float32")`` apply; without it only
@@ -92,7 +96,7 @@ def store(params, policy: Policy, classes=None):
     flat, tree = jax.tree_util.tree_flatten(params)
     out = []
     for (_, owner, _, leaf), _ in zip(param_paths(params), flat, strict=True):
-        fmt = policy.for_module(owner, (classes or {}).get(owner, "")).storage
+        fmt = policy.for_module(owner, (classes or {}).get(owner, "")).param
         out.append(leaf if fmt is None else quantize(leaf, fmt).astype(leaf.dtype))
     return jax.tree_util.tree_unflatten(tree, out)
 
@@ -111,7 +115,7 @@ def make_train_step(
 
     Args:
       model: a ``flax.linen.Module`` or an ``nnx.Module`` (copied, not modified).
-      policy: a :class:`Policy` or preset name. With ``storage`` set (``"fp16_pure"``)
+      policy: a :class:`Policy` or preset name. With ``param`` set (``"fp16_pure"``)
         the weights are kept in that format: rounded at init and after every update
         (no float32 master copy).
       optimizer: an optax transformation; with adaptive loss scaling its ``update``
@@ -127,7 +131,9 @@ def make_train_step(
       A :class:`TrainStep`. ``metrics`` holds ``loss`` (unscaled), ``accuracy``,
       ``finite`` (all gradients finite), ``loss_scale``, ``grad_underflow`` (fraction of
       nonzero activation-gradient values lost to underflow, all layers; NaN unless
-      ``watch``), and with
+      ``watch``), ``applied`` (the optimizer applied the step: the ``last_finite``
+      field of its state, True without one), ``stuck`` (the optimizer's loss scale is
+      0, inf or NaN and every later step will be skipped), and with
       ``watch`` ``layers`` (``{layer: LayerStats}``) and ``weight_grads``.
 
     Example:
@@ -137,7 +143,7 @@ def make_train_step(
       >>> state = ts.init(jax.random.key(0), x)
       >>> state, metrics = ts.step(state, (x, y))
       >>> sorted(metrics)[:4]
-      ['accuracy', 'finite', 'grad_underflow', 'layers']
+      ['accuracy', 'applied', 'finite', 'grad_underflow']
     """
     policy = as_policy(policy)
     init_params, apply_fn = _model_fns(model, layers)
@@ -173,7 +179,7 @@ def make_train_step(
             scale = jnp.asarray(loss_scale(state.opt_state), jnp.float32)
         else:
             scale = jnp.asarray(loss_scale, jnp.float32)
-        key = jax.random.fold_in(state.key, state.step)
+        key = derive(state.key, state.step)
         _, grads, pstate, report = vg(
             state.params, state.policy_state, x, y, scale, key=key
         )
@@ -185,11 +191,20 @@ def make_train_step(
         finite = jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
+        # a step the optimizer skipped leaves every piece of state as it was, the
+        # delayed-scaling amax histories included
+        applied = _opt_field(opt_state, "last_finite", jnp.array(True))
+        pstate = jax.tree.map(
+            lambda new, old: jnp.where(applied, new, old), pstate, state.policy_state
+        )
+        stuck = _opt_field(opt_state, "stuck", jnp.array(False))
         metrics = {
             "loss": loss,
             "accuracy": acc,
             "finite": finite,
             "loss_scale": scale,
+            "applied": applied,
+            "stuck": stuck,
             # without watching there are no statistics: NaN, not a misleading 0
             "grad_underflow": underflow_fraction(report) if watch else jnp.float32(jnp.nan),
         }
@@ -200,6 +215,17 @@ def make_train_step(
         return new, metrics
 
     return TrainStep(init, jax.jit(step), apply_fn)
+
+
+def _opt_field(opt_state, name: str, default: jax.Array) -> jax.Array:
+    """A boolean field of the optimizer state found by name (optax's ``tree_get``), e.g.
+    ``last_finite`` of fpsim's loss-scaling wrappers or of ``optax.apply_if_finite``."""
+    try:
+        value = optax.tree_utils.tree_get(opt_state, name, default=None)
+    except KeyError:  # several wrappers: the step is applied only if all applied it
+        values = [v for _, v in optax.tree_utils.tree_get_all_with_path(opt_state, name)]
+        value = functools.reduce(jnp.logical_and, values)
+    return default if value is None else jnp.asarray(value, jnp.bool_)
 
 
 def train(
@@ -237,7 +263,11 @@ def train(
       ``{"loss", "accuracy", "finite", "loss_scale", "grad_underflow"}`` as numpy arrays
       over steps, plus ``"eval_accuracy"`` (on ``eval_data``, or the training data; the
       forward pass runs under the policy), ``"steps_skipped"`` (non-finite steps),
-      ``"seconds"`` (wall time of the loop, after compilation) and ``"state"``.
+      ``"seconds"`` (wall time of the loop, after compilation) and ``"state"``;
+      ``"stuck"`` per step (see :func:`make_train_step`).
+
+    Warns:
+      RuntimeWarning: the loss scale got stuck at 0 or inf (every later step skipped).
     """
     from fpsim.nn._apply import apply
 
@@ -259,7 +289,8 @@ def train(
     ]
     ts.step(state, (x_all[batches[0]], y_all[batches[0]]))  # compile
     history = {
-        k: [] for k in ("loss", "accuracy", "finite", "loss_scale", "grad_underflow")
+        k: []
+        for k in ("loss", "accuracy", "finite", "loss_scale", "grad_underflow", "stuck")
     }
     t0 = time.perf_counter()
     for idx in batches:
@@ -275,6 +306,24 @@ def train(
     )
     out["eval_accuracy"] = float(jnp.mean(jnp.argmax(logits, -1) == ey))
     out["steps_skipped"] = int((~out["finite"]).sum())
+    _warn_if_stuck(out)
     out["seconds"] = seconds
     out["state"] = state
     return out
+
+
+def _warn_if_stuck(history: dict) -> None:
+    """Warn on the host when the optimizer's loss scale reached 0 or inf."""
+    stuck = np.flatnonzero(history["stuck"])
+    if stuck.size:
+        first = int(stuck[0])
+        warnings.warn(
+            f"the loss scale reached 0 or inf at step {first}: no loss-scaling rule "
+            f"recovers from it, so every later step is skipped "
+            f"({len(history['stuck']) - first - 1} of {len(history['stuck'])} here); "
+            "give the rule a min_scale "
+            "(e.g. variant='flax' or 'jmp') or look for the source of the non-finite "
+            "gradients",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -1,28 +1,11 @@
-"""Loss scaling: unscale gradients, skip non-finite steps, adjust the scale.
+"""Loss scaling as optax wrappers: unscale gradients, skip non-finite steps, adjust.
 
-Four named variants of dynamic loss scaling reproduce the rules of the frameworks a
-learner meets. Read from their source (PyTorch ``aten/src/ATen/native/cpu/
-AmpGradScalerKernels.cpp`` ``_amp_update_scale_cpu_kernel`` and its CUDA twin; Keras 3
-``keras/src/optimizers/loss_scale_optimizer.py``; Flax ``flax/training/
-dynamic_scale.py``; jmp ``jmp/_src/loss_scale.py``). With ``N = growth_interval``:
-
-=======  ==========  ======================================  ===============  =========
-variant  init scale  grows (x growth_factor) on the step     backoff floor    unscale
-=======  ==========  ======================================  ===============  =========
-pytorch  2**16       completing N consecutive finite steps;  none             g * (1/s)
-                     not if the grown scale would be inf
-keras    2**15       completing N consecutive finite steps   none             g / s
-                     (factor 2 fixed, no inf guard)
-flax     2**16       *after* N finite steps: the (N+1)-th;   2**-126          g / s
-                     grown scale capped at float32 max
-jmp      2**15 [#]_  completing N consecutive finite steps;  1.0              g * (1/s)
-                     not if the grown scale would be inf
-=======  ==========  ======================================  ===============  =========
-
-.. [#] jmp has no default; 2**15 is the value in its docstring example.
-
-All variants reset the consecutive-finite counter on a non-finite step and multiply the
-scale by ``backoff_factor`` (0.5). For power-of-two scales ``g * (1/s) == g / s``.
+The rules themselves (when the scale grows, by how much, how gradients are unscaled)
+are values in :mod:`fpsim.scaling` (``fpsim.scaling.PYTORCH``, ``KERAS``, ``FLAX``,
+``JMP``, or any ``fpsim.scaling.DynamicLossScaling``); see the table in
+:mod:`fpsim.scaling._loss`. This module wraps a rule around an optax optimizer:
+:func:`dynamic_loss_scaling` (``variant="pytorch"`` names a rule, ``rule=`` takes any)
+and :func:`static_loss_scaling`.
 """
 
 from __future__ import annotations
@@ -31,23 +14,16 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
+from fpsim import scaling
 from fpsim.formats import get_format
 from fpsim.optim import _common
 from fpsim.rounding import FormatLike, quantize
+from fpsim.scaling import _exact
 
-VARIANTS: tuple[str, ...] = ("pytorch", "keras", "flax", "jmp")
-_F32_MAX = float(jnp.finfo(jnp.float32).max)
-_F32_TINY = float(jnp.finfo(jnp.float32).tiny)  # 2**-126, Flax's default minimum_scale
-_DEFAULTS = {
-    "pytorch": {"init_scale": 2.0**16, "min_scale": None},
-    "keras": {"init_scale": 2.0**15, "min_scale": None},
-    "flax": {"init_scale": 2.0**16, "min_scale": _F32_TINY},
-    "jmp": {"init_scale": 2.0**15, "min_scale": 1.0},
-}
+VARIANTS: tuple[str, ...] = tuple(scaling.RULES)
 
 
 class LossScalingState(NamedTuple):
@@ -63,6 +39,8 @@ class LossScalingState(NamedTuple):
       underflow_fraction: float32, fraction of nonzero scaled gradient entries that
         rounded to zero in ``fmt`` at the last update (0 without ``fmt``).
       last_finite: bool, whether the last update was applied.
+      stuck: bool, the scale is 0, inf or NaN (:func:`fpsim.scaling.is_stuck`): no rule
+        can recover from it and every later step will be skipped.
       inner_state: the wrapped optimizer's state.
     """
 
@@ -73,35 +51,11 @@ class LossScalingState(NamedTuple):
     nonfinite_fraction: jax.Array
     underflow_fraction: jax.Array
     last_finite: jax.Array
+    stuck: jax.Array
     inner_state: Any
 
 
-def _grow_shrink(
-    variant, scale, tracker, finite, growth_factor, backoff_factor, interval, min_scale
-):
-    """One step of the dynamic rule: (new scale, new consecutive-finite counter)."""
-    if variant == "flax":  # grows when the counter *already* equals N (one step later)
-        grow = tracker == interval
-        grown = jnp.minimum(scale * growth_factor, _F32_MAX)
-        new_tracker = jnp.where(grow | ~finite, 0, tracker + 1)
-    else:  # pytorch, keras, jmp: the N-th consecutive finite step grows
-        successful = tracker + 1
-        grow = successful == interval
-        grown = scale * growth_factor
-        if variant != "keras":  # "Do not grow the scale past fp32 bounds to inf."
-            grown = jnp.where(jnp.isfinite(grown), grown, scale)
-        new_tracker = jnp.where(finite & ~grow, successful, 0)
-    finite_scale = jnp.where(grow, grown, scale)
-    backed_off = scale * backoff_factor
-    if min_scale is not None:
-        backed_off = jnp.maximum(backed_off, min_scale)
-    new_scale = jnp.where(finite, finite_scale, backed_off).astype(jnp.float32)
-    return new_scale, new_tracker.astype(jnp.int32)
-
-
-def _loss_scaling(
-    inner, init_scale, adjust, unscale_by_reciprocal, fmt, saturate, detect_saturation
-):
+def _loss_scaling(inner, rule, fmt, saturate, detect_saturation):
     inner = optax.with_extra_args_support(inner)
     fmt = None if fmt is None else get_format(fmt)
     max_bits = None if fmt is None else _common.f32_bits(fmt.max)
@@ -109,13 +63,14 @@ def _loss_scaling(
     def init_fn(params):
         zero = jnp.zeros((), jnp.int32)
         return LossScalingState(
-            scale=jnp.asarray(init_scale, jnp.float32),
+            scale=rule.init().scale,
             growth_tracker=zero,
             count=zero,
             skipped=zero,
             nonfinite_fraction=jnp.zeros((), jnp.float32),
             underflow_fraction=jnp.zeros((), jnp.float32),
             last_finite=jnp.array(True),
+            stuck=scaling.is_stuck(rule.init().scale),
             inner_state=inner.init(params),
         )
 
@@ -142,7 +97,7 @@ def _loss_scaling(
         else:
             try:
                 leaf_scales = jax.tree.map(
-                    lambda g, s: state.scale * jnp.asarray(s, jnp.float32),
+                    lambda g, s: _exact.mul_f32(state.scale, s),
                     scaled,
                     grad_scales,
                 )
@@ -152,10 +107,7 @@ def _loss_scaling(
                     "(one scale per leaf, e.g. per layer), or None"
                 ) from err
 
-        def unscale(g, s):
-            return g * (1.0 / s) if unscale_by_reciprocal else g / s
-
-        unscaled = jax.tree.map(unscale, scaled, leaf_scales)
+        unscaled = rule.unscale(scaled, leaf_scales)
 
         def bad(g, u):
             mask = ~jnp.isfinite(g) | ~jnp.isfinite(u)
@@ -181,7 +133,9 @@ def _loss_scaling(
             return new_updates, state.inner_state
 
         new_updates, new_inner = lax.cond(finite, apply, skip, None)
-        new_scale, new_tracker = adjust(state.scale, state.growth_tracker, finite)
+        new_scale, new_tracker = rule.adjust(
+            scaling.LossScale(state.scale, state.growth_tracker), finite
+        )
         return new_updates, LossScalingState(
             scale=new_scale,
             growth_tracker=new_tracker,
@@ -190,6 +144,7 @@ def _loss_scaling(
             nonfinite_fraction=(nbad / total).astype(jnp.float32),
             underflow_fraction=(under / jnp.maximum(nonzero, 1)).astype(jnp.float32),
             last_finite=finite,
+            stuck=scaling.is_stuck(new_scale),
             inner_state=new_inner,
         )
 
@@ -199,11 +154,12 @@ def _loss_scaling(
 def dynamic_loss_scaling(
     inner: optax.GradientTransformation,
     *,
-    variant: str = "pytorch",
+    variant: str | None = None,
+    rule: scaling.DynamicLossScaling | None = None,
     init_scale: float | None = None,
-    growth_factor: float = 2.0,
-    backoff_factor: float = 0.5,
-    growth_interval: int = 2000,
+    growth_factor: float | None = None,
+    backoff_factor: float | None = None,
+    growth_interval: int | None = None,
     min_scale: float | None | str = "variant",
     fmt: FormatLike | None = None,
     saturate: bool = False,
@@ -214,8 +170,10 @@ def dynamic_loss_scaling(
     The gradients it receives are those of ``loss * scale``. It unscales them, checks
     them, and either runs ``inner`` or skips the step (updates of ``-0.0``, so that
     ``optax.apply_updates`` leaves every parameter bitwise unchanged, and ``inner``'s
-    state untouched). Then it adjusts the scale by the rules of ``variant`` (see the
-    table in :mod:`fpsim.optim._loss_scaling`).
+    state untouched). Then it adjusts the scale by ``rule`` (a
+    :class:`fpsim.scaling.DynamicLossScaling`; ``variant`` names one of the frameworks'
+    rules, see the table in :mod:`fpsim.scaling._loss`). All scale arithmetic is
+    rounded once and keeps subnormals, as PyTorch on CPU does.
 
     Read the scale to use with :func:`current_loss_scale` (or :func:`scale_loss`)::
 
@@ -235,6 +193,10 @@ def dynamic_loss_scaling(
     ones; they differ only when ``scale < 1`` and unscaling overflows, a case that
     PyTorch and Keras would pass on to the optimizer and fpsim skips).
 
+    Stuck scales: a scale that reaches 0 or inf is kept (the frameworks' rules), and
+    ``state.stuck`` becomes True: from then on every step is skipped.
+    :func:`fpsim.nn.train` warns when that happens.
+
     Saturating formats: a format with ``saturate=True`` turns overflow into ``+-max``,
     which no isfinite test can see. With ``fmt`` and ``saturate=True`` this wrapper counts
     entries at ``+-fmt.max`` as overflow (a gradient that is genuinely exactly ``max`` is
@@ -243,12 +205,17 @@ def dynamic_loss_scaling(
 
     Args:
       inner: the optimizer that receives the unscaled gradients.
-      variant: ``"pytorch"`` (default), ``"keras"``, ``"flax"`` or ``"jmp"``.
-      init_scale: initial scale; default the variant's (2**16 or 2**15).
-      growth_factor: scale multiplier after ``growth_interval`` finite steps (> 1).
-      backoff_factor: scale multiplier on a non-finite step (0 < backoff_factor < 1).
-      growth_interval: consecutive finite steps before the scale grows (an int >= 1).
-      min_scale: lower bound after a backoff; ``"variant"`` uses the variant's (none for
+      variant: ``"pytorch"`` (default), ``"keras"``, ``"flax"`` or ``"jmp"``: the rule
+        ``fpsim.scaling.RULES[variant]``.
+      rule: a :class:`fpsim.scaling.DynamicLossScaling` (instead of ``variant``).
+      init_scale: initial scale; default the rule's (2**16 or 2**15).
+      growth_factor: scale multiplier after ``growth_interval`` finite steps (> 1);
+        default the rule's (2).
+      backoff_factor: scale multiplier on a non-finite step (0 < backoff_factor < 1);
+        default the rule's (0.5).
+      growth_interval: consecutive finite steps before the scale grows (an int >= 1);
+        default the rule's (2000).
+      min_scale: lower bound after a backoff; ``"variant"`` uses the rule's (none for
         pytorch and keras, ``2**-126`` for flax, 1 for jmp), ``None`` means no bound.
       fmt: if given, the scaled gradients are rounded to this format (nearest) before
         anything else, simulating gradients stored in it. Idempotent for gradients that
@@ -260,44 +227,41 @@ def dynamic_loss_scaling(
       A :class:`optax.GradientTransformationExtraArgs` with :class:`LossScalingState`.
 
     Raises:
-      ValueError: unknown variant, or a factor or interval out of its range (as in
+      ValueError: unknown variant, both ``variant`` and ``rule``, a scale that is not a
+        positive finite float32 number, or a factor or interval out of its range (as in
         PyTorch's ``GradScaler``).
+      TypeError: a scale or factor that is not a number.
 
     References:
       Micikevicius et al., "Mixed Precision Training", ICLR 2018.
       Zhao et al., "Adaptive Loss Scaling for Mixed Precision Training", 2019.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown loss-scaling variant {variant!r}; valid: {VARIANTS}")
-    defaults = _DEFAULTS[variant]
-    init_scale = defaults["init_scale"] if init_scale is None else init_scale
-    min_scale = defaults["min_scale"] if isinstance(min_scale, str) else min_scale
-    if isinstance(min_scale, str):
-        raise ValueError("min_scale must be a number, None or 'variant'")
-    _check_positive(init_scale=init_scale)
-    _check_dynamic(growth_factor, backoff_factor, growth_interval)
-
-    def adjust(scale, tracker, finite):
-        return _grow_shrink(
-            variant,
-            scale,
-            tracker,
-            finite,
-            growth_factor,
-            backoff_factor,
-            growth_interval,
-            min_scale,
+    if rule is not None and variant is not None:
+        raise ValueError("give either variant= (a rule's name) or rule=, not both")
+    if rule is None:
+        variant = "pytorch" if variant is None else variant
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown loss-scaling variant {variant!r}; valid: {VARIANTS}")
+        rule = scaling.RULES[variant]
+    elif not isinstance(rule, scaling.DynamicLossScaling):
+        raise TypeError(
+            f"rule must be a fpsim.scaling.DynamicLossScaling, got {type(rule).__name__}"
         )
-
-    return _loss_scaling(
-        inner,
-        init_scale,
-        adjust,
-        variant in ("pytorch", "jmp"),
-        fmt,
-        saturate,
-        detect_saturation,
-    )
+    if isinstance(min_scale, str):
+        if min_scale != "variant":
+            raise ValueError(
+                f"min_scale must be a positive number, None or 'variant', got {min_scale!r}"
+            )
+        min_scale = rule.min_scale
+    changes = {
+        "init_scale": init_scale,
+        "growth_factor": growth_factor,
+        "backoff_factor": backoff_factor,
+        "growth_interval": growth_interval,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    rule = rule.replace(min_scale=min_scale, **changes)  # validates
+    return _loss_scaling(inner, rule, fmt, saturate, detect_saturation)
 
 
 def static_loss_scaling(
@@ -312,55 +276,24 @@ def static_loss_scaling(
 
     Same state, skipping, ``grad_scales`` and saturation handling as
     :func:`dynamic_loss_scaling`; the scale never changes (``growth_tracker`` counts
-    consecutive finite steps).
+    consecutive finite steps). The rule is :class:`fpsim.scaling.StaticLossScaling`.
 
     Args:
       inner: the optimizer that receives the unscaled gradients.
-      scale: the loss scale (a power of two keeps unscaling exact).
+      scale: the loss scale (a power of two keeps unscaling exact); a positive number
+        that float32 holds as a finite value.
       fmt: see :func:`dynamic_loss_scaling`.
       saturate: see :func:`dynamic_loss_scaling`.
       detect_saturation: see :func:`dynamic_loss_scaling`.
 
     Returns:
       A :class:`optax.GradientTransformationExtraArgs` with :class:`LossScalingState`.
+
+    Raises:
+      ValueError, TypeError: ``scale`` is not a positive number finite in float32.
     """
-    _check_positive(scale=scale)
-
-    def adjust(s, tracker, finite):
-        return s, jnp.where(finite, tracker + 1, 0).astype(jnp.int32)
-
-    return _loss_scaling(inner, scale, adjust, False, fmt, saturate, detect_saturation)
-
-
-def _check_positive(**values) -> None:
-    for name, v in values.items():  # arrays (e.g. from inject_hyperparams) pass through
-        if isinstance(v, int | float) and not v > 0:
-            raise ValueError(f"{name} must be positive, got {v!r}")
-
-
-def _check_dynamic(growth_factor, backoff_factor, growth_interval) -> None:
-    """PyTorch GradScaler's ranges; arrays (e.g. from inject_hyperparams) pass through."""
-    bools = (bool, np.bool_)
-
-    def real(v):
-        return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
-            v, bools
-        )
-
-    if isinstance(growth_factor, bools) or (real(growth_factor) and not growth_factor > 1):
-        raise ValueError(f"growth_factor must be > 1 (to grow), got {growth_factor!r}")
-    if isinstance(backoff_factor, bools) or (
-        real(backoff_factor) and not 0 < backoff_factor < 1
-    ):
-        raise ValueError(
-            "backoff_factor must satisfy 0 < backoff_factor < 1 (to shrink), got "
-            f"{backoff_factor!r}"
-        )
-    # a float or bool interval never equals the integer counter: the scale never grows
-    if isinstance(growth_interval, (*bools, float, np.floating)) or (
-        real(growth_interval) and not growth_interval >= 1
-    ):
-        raise ValueError(f"growth_interval must be an int >= 1, got {growth_interval!r}")
+    rule = scaling.StaticLossScaling(scale)
+    return _loss_scaling(inner, rule, fmt, saturate, detect_saturation)
 
 
 def loss_scaling_state(opt_state) -> LossScalingState:
