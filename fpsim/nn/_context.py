@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from fpsim._keys import derive
+from fpsim.arith import is_float
 from fpsim.formats import FP32
 from fpsim.nn import _active
 from fpsim.nn._boundary import OutAux, cast_in, cast_out, formats
 from fpsim.nn._linen import interceptor
 from fpsim.nn._policy import Policy
 from fpsim.nn._stats import tensor_stats
-from fpsim.optim._common import is_float  # moves to fpsim._bits.is_float (core)
 
 #: Class names of the leaf layers intercepted by default (Linen and NNX).
 LAYER_NAMES: tuple[str, ...] = (
