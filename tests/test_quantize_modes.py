@@ -90,7 +90,10 @@ class TestStochastic:
         with pytest.raises(ValueError, match="needs a random key"):
             fpsim.quantize(1.0, fpsim.FP16, "stochastic")
         with pytest.raises(TypeError, match="JAX random key"):
-            fpsim.quantize(1.0, fpsim.FP16, "stochastic", key=3)
+            fpsim.quantize(1.0, fpsim.FP16, "stochastic", key="three")
+        # an int seed is a key too (fpsim._keys.canonical_key, the project's one way)
+        seeded = fpsim.quantize(1.0, fpsim.FP16, "stochastic", key=3)
+        assert float(seeded) == 1.0
 
     @pytest.mark.parametrize(
         "fmt", [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E2M1], ids=str
