@@ -258,7 +258,7 @@ def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals:
     #    carry out of the mantissa lands on the next binade's first value.
     shift = jnp.minimum(shift_true, P).astype(u)
     mask = (one << shift) - one
-    if mode.step == "nearest":  # add just under half an ulp, plus the kept lsb: ties to even
+    if mode.step == "nearest":  # add just under half an ulp plus the kept lsb: ties to even
         # the last kept bit; at shift == P it is the implicit 1 (normals), not E's lsb
         lsb = jnp.where(shift == u(P), (big_e > 0).astype(u), (a >> shift) & one)
         on_grid = (a + (((mask >> one) + lsb) & mask)) & ~mask
@@ -450,7 +450,8 @@ def quantize(
         host = np.asarray(x)
         if host.dtype == np.float64:  # round once, exactly, from the float64 value
             if key is not None:
-                return _stochastic_host_f64(host, fmt, key, saturate, subnormals, random_bits)
+                opts = (saturate, subnormals, random_bits)
+                return _stochastic_host_f64(host, fmt, key, *opts)
             x = jnp.asarray(_host_round(host, fmt, mode, overflow=True))
     x = as_float_array(x, fmt, rounding)
     if key is None:

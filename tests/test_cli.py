@@ -10,7 +10,7 @@ import pytest
 
 import fpsim
 from fpsim.cli import main
-from fpsim.cli._exact import Num, code_of, decimal, decode_exact, round_exact
+from fpsim.reference import Num, code_of, decimal, decode_exact, round_exact
 
 MODES = ("nearest", "toward_zero", "up", "down")
 

@@ -6,7 +6,8 @@ import math
 import re
 from fractions import Fraction
 
-from fpsim.cli._exact import (
+from fpsim.formats import FORMATS, Format
+from fpsim.reference import (
     Num,
     brief,
     classify,
@@ -18,7 +19,6 @@ from fpsim.cli._exact import (
     round_exact,
     ulp_exact,
 )
-from fpsim.formats import FORMATS, Format
 
 MODES = ("nearest", "toward_zero", "up", "down")
 _PATTERN = re.compile(r"0[xX][0-9a-fA-F_]+|0[bB][01_]+")
