@@ -60,10 +60,11 @@ def num(x: float | int | Fraction) -> Num:
 
 
 def to_float(v: Num) -> float:
-    """The Python float of a :class:`Num` (exact for every value of a format)."""
-    if v.mag == "nan":
-        return math.nan
-    mag = math.inf if v.mag == "inf" else float(v.mag)
+    """The Python float of a :class:`Num` (exact for every value of a format).
+
+    NaN keeps its sign bit (``-math.nan`` is a NaN with the sign bit set).
+    """
+    mag = {"nan": math.nan, "inf": math.inf}.get(v.mag) if not v.finite else float(v.mag)
     return -mag if v.neg else mag
 
 
@@ -78,13 +79,18 @@ def _overflow(neg: bool, fmt: Format) -> Num:
         return Num(neg, "inf")
     if fmt.convention == "none":
         return Num(neg, Fraction(fmt.max))
-    return Num(neg, "nan")  # the sign survives in the code ("fn"; "fnuz" has one NaN)
+    return _nan(neg, fmt)
+
+
+def _nan(neg: bool, fmt: Format) -> Num:
+    """NaN with its sign ("fnuz" formats have one NaN, the pattern of -0: negative)."""
+    return Num(neg or fmt.convention == "fnuz", "nan")
 
 
 def _special(x: Num, fmt: Format) -> Num | None:
     """The result for NaN, inf and zero inputs (the same in every mode), else None."""
     if x.mag == "nan":  # formats without NaN give a zero of the opposite sign (ml_dtypes)
-        return Num(x.neg, "nan") if fmt.has_nan else Num(not x.neg, Fraction(0))
+        return _nan(x.neg, fmt) if fmt.has_nan else Num(not x.neg, Fraction(0))
     if x.mag == "inf":
         return _overflow(x.neg, fmt)
     if x.mag == 0:
