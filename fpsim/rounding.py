@@ -489,7 +489,8 @@ def next_up(x: jax.typing.ArrayLike, fmt: FormatLike) -> jax.Array:
     than ``x`` there). NaN gives NaN; -inf gives ``-max``.
     """
     fmt = get_format(fmt)
-    return quantize(_carrier_step_up(as_float_array(x, fmt)), fmt, "up")
+    # host float64 data goes to the grid point at or below x first (exact), then one up
+    return quantize(_carrier_step_up(as_float_array(x, fmt, "down")), fmt, "up")
 
 
 def next_down(x: jax.typing.ArrayLike, fmt: FormatLike) -> jax.Array:
@@ -501,7 +502,7 @@ def next_down(x: jax.typing.ArrayLike, fmt: FormatLike) -> jax.Array:
     formats, which have no -0.
     """
     fmt = get_format(fmt)
-    out = -next_up(-as_float_array(x, fmt), fmt)
+    out = -next_up(-as_float_array(x, fmt, "up"), fmt)
     if fmt.convention == "fnuz":  # -(+0) is -0, a pattern fnuz formats do not have
         c = _bits.carrier_of(out.dtype)
         b = c.to_bits(out)

@@ -131,6 +131,15 @@ def test_neighbours_at_the_ends_are_documented():
         assert "e4m3_sat" in fn.__doc__
 
 
+def test_neighbours_of_float64_host_values_are_exact():
+    x = 1 + 2**-23 + 2**-40
+    assert float(fpsim.next_up(x, E8M22)) == 1 + 2**-22
+    assert float(fpsim.next_down(x, E8M22)) == 1.0
+    # float32's nearest 0.1 lies above 0.1, so it is the next float32 up from 0.1
+    assert float(fpsim.next_up(0.1, "fp32")) == float(np.float32(0.1))  # was one more
+    assert float(fpsim.next_down(0.1, "fp16")) == 0.0999755859375
+
+
 # --- item 9: formats without mantissa bits --------------------------------------------
 @pytest.mark.parametrize("e", [2, 5, 7])
 def test_encode_with_zero_mantissa_bits(e):
