@@ -63,7 +63,7 @@ class Format:
     Example:
       >>> e5m6 = Format("e5m6", exponent_bits=5, mantissa_bits=6)
       >>> e5m6.bits, e5m6.max, e5m6.eps
-      (12, 64512.0, 0.015625)
+      (12, 65024.0, 0.015625)
     """
 
     name: str

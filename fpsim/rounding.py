@@ -19,7 +19,12 @@ How it works (all integer arithmetic on the bits, see ``fpsim._bits``):
    encoding of positive floats is monotonic, which is what makes this work.
 5. Finally the format's conventions: overflow to inf (IEEE), to NaN (the "fn"/"fnuz"
    FP8 formats) or to max (FP6/FP4, or ``saturate=True``); flush of subnormal results
-   (``subnormals=False``); no negative zero in "fnuz" formats.
+   (``subnormals=False``); no negative zero in "fnuz" formats; NaN bits as ml_dtypes.
+
+What each mode does at steps 3 and 5 (which way the magnitude steps, where overflow
+goes) is read from one table, :data:`fpsim._modes.MODES`. Host float64 data (x64 off)
+is rounded once, exactly, in float64 on the host before step 1, so that no format
+width suffers double rounding through float32.
 """
 
 from __future__ import annotations
