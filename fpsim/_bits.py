@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -42,6 +43,11 @@ class Carrier:
     def qnan_bits(self) -> int:
         return self.inf_bits | (1 << (self.mant - 1))
 
+    @property
+    def min_subnormal(self) -> float:
+        """The smallest positive value of this type, ``2**(1 - bias - mant)``."""
+        return 2.0 ** (1 - self.bias - self.mant)
+
     def bits_of(self, value: float) -> int:
         """The bit pattern of a Python float converted exactly to this type."""
         arr = np.array(value, dtype=self.dtype)
@@ -50,7 +56,17 @@ class Carrier:
         return int(arr.view(self.uint))
 
     def to_bits(self, x: jnp.ndarray) -> jnp.ndarray:
+        """The bit pattern of ``x`` (which must already be of this type)."""
         return lax.bitcast_convert_type(x, self.uint)
+
+    def abs_bits(self, x: jax.typing.ArrayLike) -> jnp.ndarray:
+        """``|x|`` as unsigned bits, after converting ``x`` to this type.
+
+        For non-negative floats the integer order is the value order, so comparing
+        these bits is exact where float compares are not (XLA on CPU treats subnormal
+        inputs of float compares as zero).
+        """
+        return self.to_bits(jnp.asarray(x, self.dtype)) & self.uint(self.abs_mask)
 
     def from_bits(self, bits: jnp.ndarray) -> jnp.ndarray:
         return lax.bitcast_convert_type(bits, self.dtype)
@@ -71,6 +87,20 @@ def grid_shift(big_e: jnp.ndarray, fmt, c: Carrier) -> jnp.ndarray:
     """
     m, P = fmt.mantissa_bits, c.mant
     return jnp.maximum(P - m, fmt.emin - m + c.bias + P - jnp.maximum(big_e, 1))
+
+
+def is_float(x) -> bool:
+    """Whether ``x`` (an array, tracer, abstract value or dtype holder) is floating point.
+
+    False for objects without a dtype and for extended dtypes such as random keys.
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    try:
+        return bool(jnp.issubdtype(dtype, jnp.floating))
+    except TypeError:  # pragma: no cover - dtypes numpy cannot compare
+        return False
 
 
 def carrier_of(dtype) -> Carrier:

@@ -51,15 +51,6 @@ from fpsim.formats import Format
 from fpsim.rounding import quantize
 
 
-def is_float(x) -> bool:
-    """Whether ``x`` (an array or an abstract value) has a floating-point dtype."""
-    dt = getattr(x, "dtype", None)
-    try:
-        return dt is not None and jnp.issubdtype(dt, jnp.floating)
-    except TypeError:  # extended dtypes (random keys)
-        return False
-
-
 def covers(fmt: Format, c: _bits.Carrier) -> bool:
     """Whether every value of carrier ``c`` is a value of ``fmt`` (rounding is a no-op)."""
     return (

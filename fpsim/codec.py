@@ -17,7 +17,7 @@ from jax import lax
 
 from fpsim import _bits
 from fpsim.formats import Format, get_format
-from fpsim.rounding import FormatLike, Rounding, quantize
+from fpsim.rounding import FormatLike, Rounding, nan_payload_kept, quantize
 
 
 def code_dtype(fmt: FormatLike) -> np.dtype:
@@ -26,13 +26,17 @@ def code_dtype(fmt: FormatLike) -> np.dtype:
     return np.dtype(np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32)
 
 
-def _nan_code(fmt: Format, sign):
+def _nan_code(fmt: Format, sign, payload):
+    """The code of a NaN, as ml_dtypes writes it (``payload``: q's top mantissa bits)."""
     m, e = fmt.mantissa_bits, fmt.exponent_bits
     if fmt.convention == "fnuz":
         return jnp.full_like(sign, 1 << (fmt.bits - 1))
     if fmt.convention == "fn":
         return sign | ((1 << (e + m)) - 1)
-    return sign | (((1 << e) - 1) << m) | (1 << (m - 1))  # IEEE quiet NaN
+    top = sign | (((1 << e) - 1) << m)
+    if nan_payload_kept(fmt):  # quantize already kept a nonzero payload in the top bits
+        return top | payload
+    return top | (1 << (m - 1))  # the canonical quiet NaN
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -52,7 +56,9 @@ def _encode_f32(q, fmt: Format):
     code = sign | ((field << m) + n)  # n carries the implicit 1 into the field
     inf_code = sign | (((1 << fmt.exponent_bits) - 1) << m)
     code = jnp.where(a == u(c.inf_bits), inf_code, code)
-    code = jnp.where(a > u(c.inf_bits), _nan_code(fmt, sign), code)
+    if fmt.has_nan:  # (formats without NaN never see one: quantize made it a zero)
+        payload = ((a & u((1 << P) - 1)) >> u(P - m)).astype(jnp.uint32)
+        code = jnp.where(a > u(c.inf_bits), _nan_code(fmt, sign, payload), code)
     return code.astype(code_dtype(fmt))
 
 
@@ -64,8 +70,9 @@ def encode(
 ) -> jax.Array:
     """The bit patterns of ``x`` in ``fmt``, after rounding.
 
-    Equal to ml_dtypes' ``x.astype(T).view(uintN)``; NaN is encoded as the format's
-    canonical NaN (any NaN pattern means NaN).
+    Equal to ml_dtypes' ``x.astype(T).view(uintN)``, NaN patterns included: the sign
+    and the canonical quiet NaN (fp16 keeps the top 10 payload bits, as numpy does;
+    "fnuz" formats have the one NaN code 0x80).
 
     Args:
       x: floating-point values.
@@ -106,7 +113,9 @@ def _decode(code, fmt: Format):
     mag = jnp.where(field == 0, sub, normal)
     top = field == (1 << e) - 1
     if fmt.convention == "ieee":
-        mag = jnp.where(top, jnp.where(mant == 0, c.inf_bits, c.qnan_bits), mag)
+        # float16 and bfloat16 widen a NaN's payload with it (a shift), as ml_dtypes
+        nan = mant << (c.mant - m) if nan_payload_kept(fmt, widening=True) else c.qnan_bits
+        mag = jnp.where(top, jnp.where(mant == 0, c.inf_bits, c.inf_bits | nan), mag)
     elif fmt.convention == "fn":
         mag = jnp.where(top & (mant == (1 << m) - 1), c.qnan_bits, mag)
     elif fmt.convention == "fnuz":

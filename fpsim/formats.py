@@ -63,7 +63,7 @@ class Format:
     Example:
       >>> e5m6 = Format("e5m6", exponent_bits=5, mantissa_bits=6)
       >>> e5m6.bits, e5m6.max, e5m6.eps
-      (12, 64512.0, 0.015625)
+      (12, 65024.0, 0.015625)
     """
 
     name: str
@@ -73,6 +73,7 @@ class Format:
     convention: Convention = "ieee"
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.bias is None:
             object.__setattr__(self, "bias", 2 ** (self.exponent_bits - 1) - 1)
         if self.convention not in CONVENTIONS:
@@ -182,6 +183,27 @@ class Format:
         return self.name
 
 
+def _as_int(value, field: str, *, optional: bool = False) -> int | None:
+    """``value`` as a Python int: ints and numpy integers pass, anything else raises."""
+    if value is None and optional:
+        return None
+    integral = hasattr(value, "__index__") and not isinstance(value, bool)
+    if not integral:  # bool, float (even 4.0), str, ...: say which field and why
+        raise TypeError(
+            f"Format {field} must be an integer, got {value!r} ({type(value).__name__})"
+        )
+    return value.__index__()
+
+
+def _check_fields(fmt: Format) -> None:
+    """Validate the field types at construction (numpy integers become Python ints)."""
+    if not isinstance(fmt.name, str):
+        raise TypeError(f"Format name must be a string, got {type(fmt.name).__name__}")
+    for field in ("exponent_bits", "mantissa_bits", "bias"):
+        value = _as_int(getattr(fmt, field), field, optional=field == "bias")
+        object.__setattr__(fmt, field, value)
+
+
 def _fmt(name: str, e: int, m: int, convention: Convention = "ieee", bias=None) -> Format:
     return Format(name, e, m, bias, convention)
 
@@ -244,10 +266,14 @@ _ALIASES.update(
         "fp6_e3m2": E3M2,
         "fp4": E2M1,
         "fp4_e2m1": E2M1,
-        "mxfp6": E2M3,
-        "mxfp4": E2M1,
     }
 )
+
+#: Names of block-scaled formats: not element types, so get_format refuses them.
+_BLOCK_NAMES = frozenset(
+    {"mxfp8", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4",
+     "mxint8", "nvfp4"}
+)  # fmt: skip
 
 
 def format_names() -> list[str]:
@@ -255,25 +281,60 @@ def format_names() -> list[str]:
     return sorted(_ALIASES)
 
 
-def get_format(name: str | Format) -> Format:
-    """Look a format up by name, case-insensitively; a Format passes through.
+def _dtype_name(dtype) -> str:
+    """The numpy name of a dtype-like (np.dtype, np.float32, jnp.bfloat16, ml_dtypes)."""
+    import numpy as np  # only when a dtype is passed: formats.py stays numpy-free
+
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(
+            "expected a format name, an fpsim.Format or a floating-point dtype "
+            f"(jnp.bfloat16, ml_dtypes.float8_e4m3fn, np.dtype('float16')), got "
+            f"{type(dtype).__name__}"
+        ) from None
+
+
+def get_format(name: str | Format | object) -> Format:
+    """Look a format up by name, case-insensitively, or by dtype; a Format passes through.
 
     Accepts fpsim's short names (``"fp16"``, ``"e4m3"``), the ml_dtypes names
-    (``"float8_e4m3fn"``, ``"bfloat16"``, ``"float4_e2m1fn"``) and a few common aliases.
+    (``"float8_e4m3fn"``, ``"bfloat16"``, ``"float4_e2m1fn"``), a few common aliases,
+    and dtypes: ``jnp.bfloat16``, ``np.float16``, ``ml_dtypes.float8_e5m2``,
+    ``np.dtype("float32")`` (what Flax users write as ``dtype=``), mapped by their
+    name to the format with the same semantics.
+
+    Block-scaled formats (``"mxfp4"``, ``"nvfp4"``, ...) are not element types: they
+    pair a format with a shared scale per block, so they have their own lookup,
+    ``fpsim.get_block_format``.
 
     Raises:
-      ValueError: for an unknown name; the message lists the valid ones.
-      TypeError: for something that is neither a string nor a Format.
+      ValueError: for an unknown name or a dtype without a format (float64, int8);
+        the message lists the valid ones.
+      TypeError: for something that is neither a string, a Format nor a dtype.
     """
     if isinstance(name, Format):
         return name
+    if name is None or isinstance(name, bool | int | float):
+        raise TypeError(f"expected a format name, an fpsim.Format or a dtype, got {name!r}")
     if not isinstance(name, str):
-        raise TypeError(
-            f"expected a format name or fpsim.Format, got {type(name).__name__}"
-        )
+        dtype_name = _dtype_name(name)
+        fmt = next((f for f, n in _DTYPE_NAMES.items() if n == dtype_name), None)
+        if fmt is None:
+            raise ValueError(
+                f"dtype {dtype_name} has no fpsim format; dtypes with one: "
+                f"{', '.join(sorted(_DTYPE_NAMES.values()))}"
+            )
+        return fmt
+    key = name.strip().lower()
     try:
-        return _ALIASES[name.strip().lower()]
+        return _ALIASES[key]
     except KeyError:
+        if key in _BLOCK_NAMES:
+            raise ValueError(
+                f"{name!r} is a block-scaled format (elements sharing one scale per "
+                f"block), not an element type; use fpsim.get_block_format({key!r})"
+            ) from None
         raise ValueError(
             f"unknown format {name!r}; valid names: {', '.join(format_names())}"
         ) from None

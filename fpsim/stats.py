@@ -39,8 +39,15 @@ import numpy as np
 from jax import lax
 
 from fpsim import _bits
+from fpsim._modes import MODES, get_mode
 from fpsim.formats import Format, get_format
-from fpsim.rounding import FormatLike, as_float_array, check_rounding, quantize
+from fpsim.rounding import (
+    FormatLike,
+    _directed_up,
+    as_float_array,
+    check_rounding,
+    quantize,
+)
 
 __all__ = [
     "VALUE_CLASSES",
@@ -91,24 +98,27 @@ class Log2Histogram(NamedTuple):
 
 
 def _check_stats_rounding(rounding: str) -> None:
-    check_rounding(rounding)
-    if rounding == "stochastic":
+    if not check_rounding(rounding).deterministic:
+        valid = [m.name for m in MODES.values() if m.deterministic]
         raise ValueError(
-            "value statistics need a deterministic rounding mode; stochastic rounding "
-            "rounds to one of the same two neighbours as 'toward_zero' and 'up', so use "
-            "'nearest', 'toward_zero', 'up' or 'down'"
+            f"value statistics need a deterministic rounding mode; {rounding!r} draws "
+            "random bits (it rounds to one of the same two neighbours as 'toward_zero' "
+            f"and 'up'), so use one of {', '.join(repr(v) for v in valid)}"
         )
 
 
-def _float_leaves(tree) -> list[jax.Array]:
-    """The floating-point leaves of a pytree, as float32 (float64 under x64) arrays."""
+def _float_leaves(tree, fmt: Format | None = None, rounding: str = "nearest"):
+    """The floating-point leaves of a pytree, as float32 (float64 under x64) arrays.
+
+    Host float64 leaves are converted so that rounding them to ``fmt`` is one rounding.
+    """
     out = []
     for leaf in jax.tree_util.tree_leaves(tree):
         dtype = getattr(leaf, "dtype", None)
         if dtype is None and isinstance(leaf, float):
             dtype = np.dtype(np.float64)
         if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
-            out.append(as_float_array(leaf))
+            out.append(as_float_array(leaf, fmt, rounding))
     return out
 
 
@@ -130,14 +140,12 @@ def _overflow_mask(a, neg, fmt: Format, rounding: str, c: _bits.Carrier):
     mid_bits = max_bits + (1 << (P - m - 1))
     # ties go to the even neighbour: past max exactly when max's last format bit is 1
     max_odd = bool((max_bits >> (P - m)) & 1)
-    if rounding == "nearest":
+    mode = get_mode(rounding)
+    if mode.step == "nearest":
         return (a >= u(mid_bits)) if max_odd else (a > u(mid_bits))
-    beyond = a >= u(next_bits)  # rounding toward zero
-    above = a > u(max_bits)  # rounding away from zero
-    if rounding == "toward_zero":
-        return beyond
-    away = ~neg if rounding == "up" else neg
-    return jnp.where(away, above, beyond)
+    beyond = a >= u(next_bits)  # the magnitude rounds down: overflow from max + ulp on
+    above = a > u(max_bits)  # the magnitude rounds up: anything past max overflows
+    return jnp.where(_directed_up(mode, neg), above, beyond)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -171,7 +179,7 @@ def value_classes(x: jax.typing.ArrayLike, fmt: FormatLike, rounding: str = "nea
     """
     fmt = get_format(fmt)
     _check_stats_rounding(rounding)
-    return _classify(as_float_array(x, fmt), fmt, rounding)
+    return _classify(as_float_array(x, fmt, rounding), fmt, rounding)
 
 
 def _counts_of(x, fmt: Format, rounding: str) -> ValueCounts:
@@ -205,7 +213,7 @@ def value_counts(tree, fmt: FormatLike, rounding: str = "nearest") -> ValueCount
     """
     fmt = get_format(fmt)
     _check_stats_rounding(rounding)
-    counts = [_counts_of(x, fmt, rounding) for x in _float_leaves(tree)]
+    counts = [_counts_of(x, fmt, rounding) for x in _float_leaves(tree, fmt, rounding)]
     if not counts:
         return _zero_counts()
     return ValueCounts(*(sum(field) for field in zip(*counts, strict=True)))

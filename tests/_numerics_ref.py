@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import numpy as np
 
 import fpsim
+from fpsim.reference import round_value
 
-INF = float("inf")
-
-
-def rnd(v: Fraction | float, fmt: fpsim.Format) -> float:
-    """Round an exact rational to ``fmt``, nearest-even, with the format's overflow rule."""
-    if isinstance(v, float):
-        if math.isnan(v) or math.isinf(v):
-            return v
-        v = Fraction(v)
-    if v == 0:
-        return 0.0
-    a = abs(v)
-    e = math.floor(math.log2(a))
-    while Fraction(2) ** e > a:
-        e -= 1
-    while Fraction(2) ** (e + 1) <= a:
-        e += 1
-    q = Fraction(2) ** (max(e, fmt.emin) - fmt.mantissa_bits)
-    n, r = divmod(a, q)
-    n += r > q / 2 or (r == q / 2 and n % 2 == 1)
-    out = n * q
-    if out > Fraction(fmt.max):
-        if fmt.convention == "none":
-            out = Fraction(fmt.max)
-        else:
-            return math.copysign(INF, v) if fmt.has_inf else math.nan
-    return math.copysign(float(out), v)
+#: Round an exact rational (or a float) to ``fmt``, nearest-even, with the format's
+#: overflow rule: the one exact reference, ``fpsim.reference.round_value``.
+rnd = round_value
 
 
 def grid_values(fmt: fpsim.Format, n: int, seed: int, min_abs: float = 0.0) -> np.ndarray:

@@ -1,15 +1,13 @@
-"""Shared test helpers: format lists, bitwise comparison, an exact reference rounder."""
+"""Shared test helpers: format lists, bitwise comparison, the exact reference rounder."""
 
 from __future__ import annotations
-
-import math
-from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 import fpsim
+from fpsim.reference import round_value
 
 #: Formats that ml_dtypes (or numpy) has a type for: the bit-exact oracle.
 ML_FORMATS = [f for f in fpsim.FORMATS if f.dtype_name is not None and f is not fpsim.FP32]
@@ -66,44 +64,8 @@ def neighbour_points(fmt: fpsim.Format) -> np.ndarray:
     return np.concatenate([pts, -pts])
 
 
-def ref_round(x: float, fmt: fpsim.Format, mode: str = "nearest") -> float:
-    """Exact reference rounding with Fractions, written from the definition of the
-    format (independent of fpsim's bit manipulation). Finite x only; returns a float
-    (inf/nan for overflow following the format's convention)."""
-    if x == 0:
-        return x
-    sign = -1 if x < 0 else 1
-    a = Fraction(abs(x))
-    e = max(math.floor(math.log2(a)) if a else fmt.emin, fmt.emin)
-    # fix floor(log2) for exact powers / float error
-    while Fraction(2) ** e > a and e > fmt.emin:
-        e -= 1
-    while Fraction(2) ** (e + 1) <= a:
-        e += 1
-    quantum = Fraction(2) ** (e - fmt.mantissa_bits)
-    n, r = divmod(a, quantum)
-    up = False
-    if r:
-        if mode == "nearest":
-            up = r > quantum / 2 or (r == quantum / 2 and n % 2 == 1)
-        elif mode == "up":
-            up = sign > 0
-        elif mode == "down":
-            up = sign < 0
-    val = (n + up) * quantum
-    if val > Fraction(fmt.max):
-        away = (
-            mode == "nearest"
-            or (mode == "up" and sign > 0)
-            or (mode == "down" and sign < 0)
-        )
-        if not away or fmt.convention == "none":
-            return sign * fmt.max
-        return sign * math.inf if fmt.has_inf else math.nan
-    out = sign * float(val)
-    if out == 0 and fmt.convention == "fnuz":
-        return 0.0
-    return out if out != 0 else math.copysign(0.0, sign)
+#: The exact reference rounding (Fractions, the one oracle): ``fpsim.reference``.
+ref_round = round_value
 
 
 @pytest.fixture

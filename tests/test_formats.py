@@ -119,3 +119,50 @@ def test_derived_facts():
     assert fpsim.FP16.decimal_digits == pytest.approx(11 * math.log10(2))
     assert fpsim.FP16.dynamic_range == pytest.approx(math.log2(65504) + 24)  # 2^-24..65504
     assert fpsim.BF16.unit_roundoff == 2.0**-8
+
+
+@pytest.mark.parametrize(
+    "dtype, fmt",
+    [
+        (jnp.float16, fpsim.FP16), (jnp.bfloat16, fpsim.BF16), (jnp.float32, fpsim.FP32),
+        (np.float32, fpsim.FP32), (np.dtype("float16"), fpsim.FP16),
+        (jnp.dtype(jnp.bfloat16), fpsim.BF16), (ml_dtypes.float8_e5m2, fpsim.E5M2),
+        (ml_dtypes.float8_e4m3fn, fpsim.E4M3), (ml_dtypes.float8_e4m3fnuz, fpsim.E4M3FNUZ),
+        (np.dtype(ml_dtypes.float4_e2m1fn), fpsim.E2M1),
+        (ml_dtypes.float8_e4m3, fpsim.E4M3_IEEE),
+    ],
+)  # fmt: skip
+def test_get_format_accepts_dtypes(dtype, fmt):
+    assert fpsim.get_format(dtype) is fmt  # before: TypeError
+    assert float(fpsim.quantize(1 + 2**-9, dtype)) == float(fpsim.quantize(1 + 2**-9, fmt))
+
+
+def test_dtypes_without_a_format_are_refused_clearly():
+    for dtype in (np.float64, np.dtype("int8"), jnp.int32, float):
+        with pytest.raises(
+            ValueError, match="has no fpsim format; dtypes with one:.*bfloat16"
+        ):
+            fpsim.get_format(dtype)
+    for bad in (None, True, 2.5, [1]):
+        with pytest.raises(TypeError, match="expected a format name"):
+            fpsim.get_format(bad)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp6", "MXFP8", "nvfp4", "mxint8"])
+def test_block_formats_are_not_element_formats(name):
+    with pytest.raises(ValueError, match=r"block-scaled format.*fpsim.get_block_format\("):
+        fpsim.get_format(name)
+    assert name.lower() not in fpsim.format_names()
+
+
+def test_formats_module_imports_no_numpy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, types; pkg = types.ModuleType('fpsim'); pkg.__path__ = ['fpsim']; "
+        "sys.modules['fpsim'] = pkg; import fpsim.formats; "
+        "print(any(m in sys.modules for m in ('jax', 'numpy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

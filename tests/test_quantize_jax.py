@@ -126,5 +126,8 @@ def test_float64_host_input_to_float32_in_every_mode():
     assert float(fpsim.quantize(-1e300, "fp32", "up")) == -np.finfo(np.float32).max
     e8m22 = fpsim.Format("e8m22", 8, 22)
     assert float(fpsim.quantize(1 + 2**-23 + 2**-40, e8m22, "up")) == 1 + 2**-22
-    with pytest.raises(ValueError, match="enable x64"):
-        fpsim.quantize(0.1, "fp32", "stochastic", key=jax.random.key(0))
+    # stochastic rounding of float64 host data is exact too (it used to raise)
+    sr = fpsim.quantize(np.full(4000, 0.1), "fp32", "stochastic", key=jax.random.key(0))
+    assert set(np.unique(np.asarray(sr)).tolist()) == {float(below), float(above)}
+    p_up = (0.1 - float(below)) / (float(above) - float(below))
+    assert abs(np.mean(np.asarray(sr) == above) - p_up) < 4 * np.sqrt(p_up / 4000)

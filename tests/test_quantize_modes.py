@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_FORMATS, ML_FORMATS, assert_bits_equal, ml_round, ref_round
+from conftest import ALL_FORMATS, ML_FORMATS, assert_bits_equal, ml_round
 
 import fpsim
+from fpsim.reference import round_value
 
 SMALL = [f for f in ALL_FORMATS if f.bits <= 16]
 
@@ -42,7 +43,7 @@ def test_directed_modes_neighbour_property(fmt, rng):
 @pytest.mark.parametrize("fmt", ALL_FORMATS[1:], ids=str)
 def test_all_modes_against_exact_reference(fmt, mode, rng):
     x = _finite_samples(fmt, rng, 600)[:600]
-    want = np.array([ref_round(float(t), fmt, mode) for t in x], np.float32)
+    want = np.array([round_value(float(t), fmt, mode) for t in x], np.float32)
     assert_bits_equal(fpsim.quantize(x, fmt, mode), want)
 
 
@@ -90,7 +91,10 @@ class TestStochastic:
         with pytest.raises(ValueError, match="needs a random key"):
             fpsim.quantize(1.0, fpsim.FP16, "stochastic")
         with pytest.raises(TypeError, match="JAX random key"):
-            fpsim.quantize(1.0, fpsim.FP16, "stochastic", key=3)
+            fpsim.quantize(1.0, fpsim.FP16, "stochastic", key="three")
+        # an int seed is a key too (fpsim._keys.canonical_key, the project's one way)
+        seeded = fpsim.quantize(1.0, fpsim.FP16, "stochastic", key=3)
+        assert float(seeded) == 1.0
 
     @pytest.mark.parametrize(
         "fmt", [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E2M1], ids=str

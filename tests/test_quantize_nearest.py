@@ -8,10 +8,10 @@ from conftest import (
     from_bits,
     ml_round,
     neighbour_points,
-    ref_round,
 )
 
 import fpsim
+from fpsim.reference import round_value
 
 SPECIALS = from_bits(
     [
@@ -74,7 +74,7 @@ def test_formats_without_ml_dtype_against_exact_reference(fmt, rng):
     if v is not None:  # ties and near-ties too
         mids = ((v[:-1].astype(np.float64) + v[1:]) / 2).astype(np.float32)
         x = np.concatenate([x, mids[:: max(1, mids.size // 2000)]])
-    want = np.array([ref_round(float(t), fmt) for t in x], np.float32)
+    want = np.array([round_value(float(t), fmt) for t in x], np.float32)
     assert_bits_equal(fpsim.quantize(x, fmt), want)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 import fpsim
+from fpsim.reference import classify, num, round_exact
 
 FORMATS = [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E5M2, fpsim.E4M3FNUZ,
            fpsim.E5M2FNUZ, fpsim.E3M4, fpsim.E2M3, fpsim.E3M2, fpsim.E2M1,
@@ -18,40 +18,11 @@ FORMATS = [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E5M2, fpsim.E4M3FNUZ,
 DIRECTED = ["nearest", "toward_zero", "up", "down"]
 
 
-# --- an independent reference: exact rational rounding with an unbounded exponent -----
-def _round_unbounded(x: Fraction, fmt: fpsim.Format, rounding: str) -> Fraction:
-    a = abs(x)
-    e = max(math.floor(math.log2(a)), fmt.emin)
-    while Fraction(2) ** e > a:  # fix float log2 at binade edges
-        e -= 1
-    while Fraction(2) ** (e + 1) <= a:
-        e += 1
-    e = max(e, fmt.emin)
-    q = Fraction(2) ** (e - fmt.mantissa_bits)
-    n, r = divmod(a, q)
-    if rounding == "nearest":
-        up = r > q / 2 or (r == q / 2 and n % 2 == 1)
-    elif rounding == "toward_zero":
-        up = False
-    else:
-        away = (rounding == "up") == (x > 0)
-        up = away and r != 0
-    return (n + up) * q
-
-
+# --- the exact reference (Fractions, fpsim.reference): rounding and its classes -------
 def reference_class(x: float, fmt: fpsim.Format, rounding: str) -> str:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf"
-    if x == 0:
-        return "zero"
-    r = _round_unbounded(Fraction(x), fmt, rounding)
-    if r == 0:
-        return "underflow"
-    if r > Fraction(fmt.max):
-        return "overflow"
-    return "subnormal" if r < Fraction(fmt.min_normal) else "normal"
+    v = num(x)
+    r, overflowed = round_exact(v, fmt, rounding)
+    return classify(v, r, overflowed, fmt)
 
 
 def interesting_values(fmt: fpsim.Format, n_random: int = 300, seed: int = 0) -> np.ndarray:

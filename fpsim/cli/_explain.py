@@ -13,7 +13,7 @@ import re
 from fractions import Fraction
 from typing import NamedTuple
 
-from fpsim.cli import _exact as ref  # the exact reference: rounding of rationals
+from fpsim import reference as ref  # the exact reference: rounding of rationals
 from fpsim.formats import FORMATS, Format
 
 Num = ref.Num
@@ -275,14 +275,12 @@ def bit_string(code: int, fmt: Format) -> str:
 
 
 def round_nearest(x: Num, fmt: Format, mode: str = "nearest") -> tuple[Num, bool]:
-    """:func:`ref.round_exact`, with NaN treated as ``fpsim.encode`` treats it.
+    """:func:`fpsim.reference.round_exact`: NaN as ``fpsim.encode`` treats it too.
 
     A format without NaN (convention ``"none"``: FP4, FP6, E4M3_SAT) stores a NaN as a
     zero whose sign bit is the NaN's flipped (ml_dtypes' conversion, which
     ``fpsim.encode`` reproduces bit for bit): +NaN -> -0, -NaN -> +0.
     """
-    if x.mag == "nan" and fmt.convention == "none":
-        return Num(not x.neg, Fraction(0)), False
     return ref.round_exact(x, fmt, mode)
 
 

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fpsim._bits import is_float
 from fpsim._keys import derive
-from fpsim.arith import is_float
 from fpsim.formats import FP32
 from fpsim.nn import _active
 from fpsim.nn._boundary import OutAux, cast_in, cast_out, formats

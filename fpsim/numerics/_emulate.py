@@ -24,7 +24,8 @@ import jax.extend as jex
 import jax.numpy as jnp
 from jax import lax
 
-from fpsim.arith import is_float, is_float32_format, round_to
+from fpsim._bits import is_float
+from fpsim.arith import is_float32_format, round_to
 from fpsim.formats import Format, get_format
 from fpsim.numerics._accumulate import lp_sum
 from fpsim.numerics._dot import lp_dot_general

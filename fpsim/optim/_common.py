@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from fpsim import _keys
-from fpsim._bits import F32
 from fpsim.rounding import check_rounding
 
 
@@ -33,16 +32,6 @@ def check_mode(rounding: str, allowed: tuple[str, ...] | None = None) -> None:
     check_rounding(rounding)
     if allowed is not None and rounding not in allowed:
         raise ValueError(f"rounding {rounding!r} is not supported here; valid: {allowed}")
-
-
-def abs_bits(x: jax.Array) -> jax.Array:
-    """Transitional, for ``_loss_scaling`` only (its owner moves it to ``fpsim.scaling``):
-    the magnitude of float32 ``x`` as uint32 bits, from ``_bits.F32``."""
-    return F32.to_bits(jnp.asarray(x, jnp.float32)) & jnp.uint32(F32.abs_mask)
-
-
-#: Transitional, for ``_loss_scaling`` only: ``_bits.F32.bits_of``.
-f32_bits = F32.bits_of
 
 
 def find_states(opt_state, cls) -> list:

@@ -18,6 +18,7 @@ import optax
 from jax import lax
 
 from fpsim import scaling
+from fpsim._bits import F32
 from fpsim.formats import get_format
 from fpsim.optim import _common
 from fpsim.rounding import FormatLike, quantize
@@ -58,7 +59,7 @@ class LossScalingState(NamedTuple):
 def _loss_scaling(inner, rule, fmt, saturate, detect_saturation):
     inner = optax.with_extra_args_support(inner)
     fmt = None if fmt is None else get_format(fmt)
-    max_bits = None if fmt is None else _common.f32_bits(fmt.max)
+    max_bits = None if fmt is None else F32.bits_of(fmt.max)
 
     def init_fn(params):
         zero = jnp.zeros((), jnp.int32)
@@ -80,13 +81,13 @@ def _loss_scaling(inner, rule, fmt, saturate, detect_saturation):
         # the denominator of underflow_fraction: nonzero finite scaled entries (zeros
         # cannot be lost, as in fpsim.nn.underflow_fraction)
         nonzero = sum(
-            jnp.sum((_common.abs_bits(g) != 0) & jnp.isfinite(g))
+            jnp.sum((F32.abs_bits(g) != 0) & jnp.isfinite(g))
             for g in jax.tree.leaves(scaled)
         )
         if fmt is not None:  # simulate storing the scaled gradients in fmt
             stored = jax.tree.map(lambda g: quantize(g, fmt, saturate=saturate), scaled)
             under = sum(
-                jnp.sum((_common.abs_bits(g) != 0) & (_common.abs_bits(q) == 0))
+                jnp.sum((F32.abs_bits(g) != 0) & (F32.abs_bits(q) == 0))
                 for g, q in zip(
                     jax.tree.leaves(scaled), jax.tree.leaves(stored), strict=True
                 )
@@ -112,7 +113,7 @@ def _loss_scaling(inner, rule, fmt, saturate, detect_saturation):
         def bad(g, u):
             mask = ~jnp.isfinite(g) | ~jnp.isfinite(u)
             if fmt is not None and saturate and detect_saturation:
-                mask = mask | (_common.abs_bits(g) == max_bits)  # saturated at +-max
+                mask = mask | (F32.abs_bits(g) == max_bits)  # saturated at +-max
             return jnp.sum(mask)
 
         leaves = jax.tree.leaves(scaled)

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from fpsim import stats
-from fpsim._bits import F32
-from fpsim.arith import add_round, is_float
+from fpsim._bits import F32, is_float
+from fpsim.arith import add_round
 from fpsim.formats import get_format
 from fpsim.optim import _common
 from fpsim.rounding import FormatLike, Rounding, quantize

@@ -1,9 +1,22 @@
-"""Exact (rational) arithmetic on a format's values, for ``fpsim explain``.
+"""The exact reference: rounding a rational number to a format, with Fractions.
 
-``fpsim.quantize`` rounds float32 inputs. ``fpsim explain 0.1`` should round the decimal
-number 0.1 itself, and print the stored value digit for digit, so this module does the
-same rounding on Python ``Fraction``s: no float is involved anywhere. For float32 inputs
-it agrees bit for bit with ``fpsim.quantize`` and ``fpsim.encode`` (tests check this).
+``fpsim.quantize`` rounds float32 inputs with integer bit tricks. This module does the
+same rounding the slow, obviously-correct way, on Python ``Fraction``s: no float is
+involved anywhere, every mode is read from the one table of rounding modes
+(:data:`fpsim._modes.MODES`), and each step is the definition from the textbook. It is
+what ``fpsim explain`` prints (the decimal number 0.1 itself, rounded, digit for digit)
+and the oracle the tests hold ``quantize``, ``encode`` and the emulated sums against.
+
+Plain Python: no JAX, no numpy, so the CLI can import it in a few milliseconds.
+
+Example:
+  >>> from fractions import Fraction
+  >>> from fpsim.formats import FP16
+  >>> round_value(Fraction(1, 10), FP16)
+  0.0999755859375
+  >>> lo, hi, p_up = stochastic_exact(num(Fraction(1, 3)), FP16)
+  >>> float(lo.mag), float(hi.mag), p_up
+  (0.333251953125, 0.33349609375, Fraction(1, 3))
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ import math
 from fractions import Fraction
 from typing import NamedTuple
 
+from fpsim._modes import get_mode
 from fpsim.formats import Format
 
 
@@ -33,6 +47,27 @@ class Num(NamedTuple):
 NAN = Num(False, "nan")
 
 
+def num(x: float | int | Fraction) -> Num:
+    """A :class:`Num` of a Python number (the sign of -0.0 and of -inf kept)."""
+    if isinstance(x, float):
+        if math.isnan(x):
+            return Num(math.copysign(1.0, x) < 0, "nan")
+        if math.isinf(x):
+            return Num(x < 0, "inf")
+        return Num(math.copysign(1.0, x) < 0, abs(Fraction(x)))
+    x = Fraction(x)
+    return Num(x < 0, abs(x))
+
+
+def to_float(v: Num) -> float:
+    """The Python float of a :class:`Num` (exact for every value of a format).
+
+    NaN keeps its sign bit (``-math.nan`` is a NaN with the sign bit set).
+    """
+    mag = {"nan": math.nan, "inf": math.inf}.get(v.mag) if not v.finite else float(v.mag)
+    return -mag if v.neg else mag
+
+
 def floor_log2(x: Fraction) -> int:
     """``floor(log2(x))`` of a positive Fraction, exactly."""
     k = x.numerator.bit_length() - x.denominator.bit_length()
@@ -44,7 +79,40 @@ def _overflow(neg: bool, fmt: Format) -> Num:
         return Num(neg, "inf")
     if fmt.convention == "none":
         return Num(neg, Fraction(fmt.max))
-    return Num(neg, "nan")  # the sign survives in the code ("fn"; "fnuz" has one NaN)
+    return _nan(neg, fmt)
+
+
+def _nan(neg: bool, fmt: Format) -> Num:
+    """NaN with its sign ("fnuz" formats have one NaN, the pattern of -0: negative)."""
+    return Num(neg or fmt.convention == "fnuz", "nan")
+
+
+def _special(x: Num, fmt: Format) -> Num | None:
+    """The result for NaN, inf and zero inputs (the same in every mode), else None."""
+    if x.mag == "nan":  # formats without NaN give a zero of the opposite sign (ml_dtypes)
+        return _nan(x.neg, fmt) if fmt.has_nan else Num(not x.neg, Fraction(0))
+    if x.mag == "inf":
+        return _overflow(x.neg, fmt)
+    if x.mag == 0:
+        return Num(x.neg and fmt.convention != "fnuz", Fraction(0))
+    return None
+
+
+def _grid(mag: Fraction, fmt: Format) -> tuple[int, Fraction, Fraction]:
+    """``mag = (n + rem) * q``: ``q`` the grid spacing at ``mag``, ``0 <= rem < 1``."""
+    q = Fraction(2) ** (max(floor_log2(mag), fmt.emin) - fmt.mantissa_bits)
+    n = mag / q
+    lo = math.floor(n)
+    return lo, n - lo, q
+
+
+def _finish(neg: bool, r: Fraction, fmt: Format, overflows: bool) -> tuple[Num, bool]:
+    """Apply the range: past max, overflow (``overflows``) or stay at max."""
+    if r > Fraction(fmt.max):
+        return (_overflow(neg, fmt) if overflows else Num(neg, Fraction(fmt.max))), True
+    if r == 0 and fmt.convention == "fnuz":
+        return Num(False, r), False
+    return Num(neg, r), False
 
 
 def round_exact(x: Num, fmt: Format, mode: str) -> tuple[Num, bool]:
@@ -53,31 +121,52 @@ def round_exact(x: Num, fmt: Format, mode: str) -> tuple[Num, bool]:
     Returns:
       The rounded value, and whether it overflowed (its rounded magnitude, with an
       unbounded exponent, exceeded ``fmt.max``).
+
+    Raises:
+      ValueError: for an unknown mode, or for ``"stochastic"`` (its result is random:
+        :func:`stochastic_exact` gives the two candidates and the probability).
     """
-    if x.mag == "nan":
-        return (Num(x.neg, "nan") if fmt.has_nan else Num(x.neg, Fraction(0))), False
-    if x.mag == "inf":
-        return _overflow(x.neg, fmt), False
-    mag = x.mag
-    if mag == 0:
-        return Num(x.neg and fmt.convention != "fnuz", Fraction(0)), False
-    q = Fraction(2) ** (max(floor_log2(mag), fmt.emin) - fmt.mantissa_bits)
-    n = mag / q
-    lo = math.floor(n)
-    rem = n - lo
-    away = {
-        "nearest": rem > Fraction(1, 2) or (rem == Fraction(1, 2) and lo % 2 == 1),
-        "toward_zero": False,
-        "up": rem > 0 and not x.neg,
-        "down": rem > 0 and x.neg,
-    }[mode]
-    r = (lo + away) * q
-    if r > Fraction(fmt.max):
-        to_inf = mode == "nearest" or (mode, x.neg) in (("up", False), ("down", True))
-        return (_overflow(x.neg, fmt) if to_inf else Num(x.neg, Fraction(fmt.max))), True
-    if r == 0 and fmt.convention == "fnuz":
-        return Num(False, r), False
-    return Num(x.neg, r), False
+    rm = get_mode(mode)
+    if not rm.deterministic:
+        raise ValueError(
+            f"{mode!r} rounding is random; stochastic_exact(x, fmt) gives the two "
+            "candidates and the exact probability of rounding up"
+        )
+    special = _special(x, fmt)
+    if special is not None:
+        return special, False
+    lo, rem, q = _grid(x.mag, fmt)
+    if rm.step == "nearest":
+        up = rem > Fraction(1, 2) or (rem == Fraction(1, 2) and lo % 2 == 1)
+    else:
+        up = rem > 0 and rm.magnitude_up(x.neg)
+    return _finish(x.neg, (lo + up) * q, fmt, rm.overflows(x.neg))
+
+
+def stochastic_exact(x: Num, fmt: Format) -> tuple[Num, Num, Fraction]:
+    """Stochastic rounding of ``x``: the value rounding down, rounding up, and P(up).
+
+    ``lo <= |x| < hi`` are neighbours on ``fmt``'s grid (with an unbounded exponent;
+    ``hi`` past max overflows as the format says) and ``P(up) = (|x| - lo) / (hi -
+    lo)`` exactly, so the expected magnitude is ``|x|``. Values on the grid and
+    specials have ``lo == hi`` and P(up) = 0.
+    """
+    special = _special(x, fmt)
+    if special is not None:
+        return special, special, Fraction(0)
+    lo, rem, q = _grid(x.mag, fmt)
+    down = _finish(x.neg, lo * q, fmt, True)[0]
+    if rem == 0:
+        return down, down, Fraction(0)
+    return down, _finish(x.neg, (lo + 1) * q, fmt, True)[0], rem
+
+
+def round_value(x: float | int | Fraction, fmt: Format, mode: str = "nearest") -> float:
+    """:func:`round_exact` of a Python number, as a Python float: the tests' oracle.
+
+    Signed zeros, inf and NaN follow the format's convention, as ``fpsim.quantize``.
+    """
+    return to_float(round_exact(num(x), fmt, mode)[0])
 
 
 def neighbours(v: Num, fmt: Format) -> tuple[Num, Num]:
