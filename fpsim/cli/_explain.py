@@ -13,11 +13,13 @@ import re
 from fractions import Fraction
 from typing import NamedTuple
 
+from fpsim import _modes
 from fpsim import reference as ref  # the exact reference: rounding of rationals
 from fpsim.formats import FORMATS, Format
 
 Num = ref.Num
-MODES = ("nearest", "toward_zero", "up", "down")
+#: The deterministic modes, in the table's order (stochastic gets its own line).
+MODES = tuple(name for name, mode in _modes.MODES.items() if mode.deterministic)
 _PATTERN = re.compile(r"0[xX][0-9a-fA-F_]+|0[bB][01_]+")
 _DECIMAL = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?")
 #: Inputs beyond 10^±LIMIT are not built as exact Fractions (10^999999999 would take
