@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpsim import _bits
+from fpsim import _bits, _e8m0
 from fpsim.formats import Format, get_format
 
 Rounding = Literal["nearest", "toward_zero", "up", "down", "stochastic"]
@@ -325,6 +325,8 @@ def quantize(
     """
     fmt = get_format(fmt)
     check_rounding(rounding)
+    if fmt.convention == "fnu":  # E8M0, the exponent-only scale type: its own rules
+        return _e8m0.quantize(as_float_array(x), fmt, rounding, saturate=saturate)
     x = as_float_array(x, fmt, rounding)
     c = _bits.carrier_of(x.dtype)
     if random_bits is not None and not (
