@@ -20,10 +20,15 @@ def _ref_codes(x: np.ndarray) -> np.ndarray:
 
 def _same(a, b) -> bool:
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)) or (
-        np.array_equal(np.isnan(a), np.isnan(b))
-        and np.array_equal(a[~np.isnan(a)].view(np.uint32), b[~np.isnan(b)].view(np.uint32))
-    ))
+    return bool(
+        np.array_equal(a.view(np.uint32), b.view(np.uint32))
+        or (
+            np.array_equal(np.isnan(a), np.isnan(b))
+            and np.array_equal(
+                a[~np.isnan(a)].view(np.uint32), b[~np.isnan(b)].view(np.uint32)
+            )
+        )
+    )
 
 
 def test_format_fields():

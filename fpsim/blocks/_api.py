@@ -1,0 +1,234 @@
+"""``quantize_blocks``, ``encode_blocks``, ``decode_blocks``: the public entry points.
+
+Blocks are consecutive runs of ``block_size`` elements along ``axis``. The axis length
+must be a multiple of the block size (as torchao requires): a trailing partial block is
+a clear error, not silently padded; pad with zeros yourself (zeros never change a
+block's amax) if that is what you mean.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fpsim.blocks import _mx, _nvfp4
+from fpsim.blocks._format import BlockFormat, check_scale_mode, get_block_format
+from fpsim.rounding import _check_key, as_float_array, check_rounding
+
+
+class BlockCodes(NamedTuple):
+    """A block-scaled tensor as stored: element codes, scale codes, tensor scale.
+
+    Attributes:
+      elements: uint8 codes, ``x``'s shape (ml_dtypes' code of each element; MXINT8:
+        the two's-complement byte).
+      scales: uint8 scale codes (E8M0 or E4M3), ``x``'s shape with the axis length
+        divided by the block size.
+      tensor_scale: float32 scalar (NVFP4), else None.
+    """
+
+    elements: jax.Array
+    scales: jax.Array
+    tensor_scale: jax.Array | None
+
+
+def _resolve(bfmt, scale_mode):
+    bfmt = get_block_format(bfmt)
+    if scale_mode is None:
+        return bfmt, bfmt.scale_mode
+    check_scale_mode(scale_mode)
+    if bfmt.tensor_scale:
+        raise ValueError(
+            f"{bfmt.name} chooses its E4M3 block scales by rounding to nearest; "
+            "scale_mode applies to E8M0 (MX) formats only"
+        )
+    if scale_mode == "rceil" and bfmt.element == "int8":
+        raise ValueError("scale_mode 'rceil' is defined for float elements, not MXINT8")
+    return bfmt, scale_mode
+
+
+def _prepare(x, bfmt: BlockFormat, rounding: str, axis: int):
+    check_rounding(rounding)
+    if hasattr(x, "dtype") and not jnp.issubdtype(jnp.dtype(x.dtype), jnp.floating):
+        raise TypeError(
+            f"quantize_blocks takes floating-point input, got dtype {x.dtype}; "
+            "cast integers with .astype(float32)"
+        )
+    x = as_float_array(x).astype(jnp.float32)
+    if x.ndim == 0:
+        raise ValueError("block quantization needs at least one axis; got a scalar")
+    ax = axis + x.ndim if axis < 0 else axis
+    if not 0 <= ax < x.ndim:
+        raise ValueError(f"axis {axis} is out of range for an array of {x.ndim} dims")
+    n, bs = x.shape[ax], bfmt.block_size
+    if n < bs or n % bs:
+        raise ValueError(
+            f"axis {axis} has length {n}, not a multiple of {bfmt.name}'s block size {bs} "
+            "(a trailing partial block is not allowed; pad with zeros)"
+        )
+    return x, ax
+
+
+def _to_blocks(x, ax, bs):
+    xm = jnp.moveaxis(x, ax, -1)
+    return xm.reshape(*xm.shape[:-1], xm.shape[-1] // bs, bs)
+
+
+def _from_blocks(xb, ax):
+    xm = xb.reshape(*xb.shape[:-2], -1)
+    return jnp.moveaxis(xm, -1, ax)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _quantize(x, key, bfmt, mode, rounding, random_bits, ax):
+    xb = _to_blocks(x, ax, bfmt.block_size)
+    if bfmt.tensor_scale:
+        ts, bs, safe_ts = _nvfp4.scales(xb)
+        q = _nvfp4.elements(xb, ts, bs, safe_ts, rounding, key, random_bits)
+        out = _nvfp4.dequantize(q, ts, bs)
+    else:
+        code = _mx.scale_codes(xb, bfmt, mode)
+        q = _mx.elements(xb, code, bfmt, mode, rounding, key, random_bits)
+        out = _mx.apply_scale(q, code)
+    return _from_blocks(out, ax)
+
+
+def quantize_blocks(
+    x: jax.typing.ArrayLike,
+    bfmt: BlockFormat | str,
+    *,
+    axis: int = -1,
+    scale_mode: str | None = None,
+    rounding: str = "nearest",
+    key: jax.Array | None = None,
+    random_bits: int | None = None,
+) -> jax.Array:
+    """Round ``x`` to a block-scaled format: the values it represents, as float32.
+
+    Each run of ``block_size`` consecutive elements along ``axis`` shares one scale,
+    chosen from the block's largest magnitude (see :mod:`fpsim.blocks` for the scale
+    modes); each element is ``x / scale`` rounded to the element format and saturated
+    at its max. The result is ``element * scale`` for every element, bit for bit as
+    :func:`decode_blocks` of :func:`encode_blocks` gives it.
+
+    Args:
+      x: floating-point array; the axis length must be a multiple of the block size.
+      bfmt: a :class:`BlockFormat` or a name (``"mxfp8"``, ``"mxfp4"``, ``"nvfp4"``...).
+      axis: the axis along which blocks run.
+      scale_mode: ``"floor"``, ``"ceil"``, ``"even"`` or ``"rceil"``; overrides
+        ``bfmt.scale_mode`` (MX formats only).
+      rounding: how elements round: ``"nearest"`` (ties to even), the directed modes,
+        or ``"stochastic"`` (needs ``key``; ``random_bits=8`` draws 8 bits per element
+        as NVFP4 hardware does).
+      key: a JAX random key for stochastic rounding.
+      random_bits: see :func:`fpsim.quantize`.
+
+    Example:
+      >>> import numpy as np
+      >>> from fpsim.blocks import quantize_blocks
+      >>> x = np.full(32, 957.0, np.float32)  # saturates: 957 / 2 > 448
+      >>> float(quantize_blocks(x, "mxfp8")[0])
+      896.0
+    """
+    bfmt, mode = _resolve(bfmt, scale_mode)
+    x, ax = _prepare(x, bfmt, rounding, axis)
+    if rounding == "stochastic":
+        _check_key(key)
+    else:
+        key = None
+    if random_bits is not None and not (
+        isinstance(random_bits, int) and 1 <= random_bits <= 32
+    ):
+        raise ValueError(f"random_bits must be an int in 1..32, got {random_bits!r}")
+    return _quantize(x, key, bfmt, mode, rounding, random_bits, ax)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _encode(x, bfmt, mode, ax):
+    xb = _to_blocks(x, ax, bfmt.block_size)
+    if bfmt.tensor_scale:
+        ts, bs, safe_ts = _nvfp4.scales(xb)
+        q = _nvfp4.elements(xb, ts, bs, safe_ts, "nearest", None, None)
+        elements, scales = _nvfp4.element_codes(q), _nvfp4.scale_codes(bs)
+    else:
+        code = _mx.scale_codes(xb, bfmt, mode)
+        q = _mx.elements(xb, code, bfmt, mode, "nearest", None, None)
+        elements, scales, ts = _mx.element_codes(q, bfmt), code.astype(jnp.uint8), None
+    scales = jnp.moveaxis(scales, -1, ax)
+    return BlockCodes(_from_blocks(elements, ax), scales, ts)
+
+
+def encode_blocks(
+    x: jax.typing.ArrayLike,
+    bfmt: BlockFormat | str,
+    *,
+    axis: int = -1,
+    scale_mode: str | None = None,
+) -> BlockCodes:
+    """The stored form of ``x`` in a block format: :class:`BlockCodes`.
+
+    Elements round to nearest even (as :func:`quantize_blocks` with its defaults).
+
+    Example:
+      >>> import numpy as np
+      >>> from fpsim.blocks import encode_blocks
+      >>> codes = encode_blocks(np.linspace(-1, 1, 32, dtype=np.float32), "mxfp4")
+      >>> int(codes.scales[0]), hex(int(codes.elements[-1]))  # 2**-2 * 4.0 (code 0x6)
+      (125, '0x6')
+    """
+    bfmt, mode = _resolve(bfmt, scale_mode)
+    x, ax = _prepare(x, bfmt, "nearest", axis)
+    return _encode(x, bfmt, mode, ax)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _decode(elements, scales, ts, bfmt, ax):
+    eb = _to_blocks(elements, ax, bfmt.block_size)
+    sc = jnp.moveaxis(scales, ax, -1)
+    if bfmt.tensor_scale:
+        q = _nvfp4.element_values(eb)
+        out = _nvfp4.dequantize(q, ts, _nvfp4.scale_values(sc))
+    else:
+        q = _mx.element_values(eb, bfmt)
+        out = _mx.apply_scale(q, sc.astype(jnp.int32))
+    return _from_blocks(out, ax)
+
+
+def decode_blocks(
+    codes: BlockCodes, bfmt: BlockFormat | str, *, axis: int = -1
+) -> jax.Array:
+    """float32 values of a :class:`BlockCodes`: ``decode_blocks(encode_blocks(x)) ==
+    quantize_blocks(x)``.
+
+    Raises:
+      ValueError: if the shapes of elements and scales do not fit ``bfmt`` and ``axis``,
+        or NVFP4 codes come without a tensor scale.
+    """
+    bfmt = get_block_format(bfmt)
+    elements, scales, ts = codes
+    elements, scales = jnp.asarray(elements), jnp.asarray(scales)
+    for name, arr in (("elements", elements), ("scales", scales)):
+        if not jnp.issubdtype(arr.dtype, jnp.integer):
+            raise TypeError(f"{name} must be integer codes, got dtype {arr.dtype}")
+    ax = axis + elements.ndim if axis < 0 else axis
+    if not 0 <= ax < elements.ndim:
+        raise ValueError(f"axis {axis} is out of range for {elements.ndim}-dim elements")
+    want = list(elements.shape)
+    if want[ax] % bfmt.block_size:
+        raise ValueError(
+            f"elements' axis {axis} has length {want[ax]}, not a multiple of "
+            f"{bfmt.name}'s block size {bfmt.block_size}"
+        )
+    want[ax] //= bfmt.block_size
+    if tuple(scales.shape) != tuple(want):
+        raise ValueError(f"scales have shape {scales.shape}, expected {tuple(want)}")
+    if bfmt.tensor_scale:
+        if ts is None:
+            raise ValueError(f"{bfmt.name} codes need a tensor_scale, got None")
+        ts = jnp.asarray(ts, jnp.float32)
+    else:
+        ts = None
+    return _decode(elements.astype(jnp.uint8), scales.astype(jnp.uint8), ts, bfmt, ax)
