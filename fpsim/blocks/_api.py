@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from fpsim.blocks import _mx, _nvfp4
 from fpsim.blocks._format import BlockFormat, check_scale_mode, get_block_format
-from fpsim.rounding import _check_key, as_float_array, check_rounding
+from fpsim._keys import canonical_key
+from fpsim.rounding import as_float_array, check_rounding
 
 
 class BlockCodes(NamedTuple):
@@ -136,7 +137,7 @@ def quantize_blocks(
     bfmt, mode = _resolve(bfmt, scale_mode)
     x, ax = _prepare(x, bfmt, rounding, axis)
     if rounding == "stochastic":
-        _check_key(key)
+        key = canonical_key(key, what="quantize_blocks(..., rounding='stochastic')")
     else:
         key = None
     if random_bits is not None and not (

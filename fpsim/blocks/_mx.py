@@ -104,6 +104,7 @@ def _round_int8(y, rounding, key, random_bits):
         r = jnp.ceil(y)
     else:
         r = jnp.floor(y)
+    r = jnp.where(r == 0, 0.0, r)  # two's complement has no -0: -0.0 gives code 0
     return jnp.clip(r, -128, 127)
 
 
