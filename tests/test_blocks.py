@@ -116,22 +116,25 @@ def test_stochastic_rounding_unbiased_and_keyed():
     assert np.asarray(qi).shape == (4000, 32)
 
 
+_BAD_CODES = BlockCodes(np.zeros(32, np.uint8), np.zeros(2, np.uint8), None)
+_ONES = np.ones(32, np.float32)
+
+
 @pytest.mark.parametrize(
     "call, err, match",
     [
-        (lambda: quantize_blocks(np.ones(16, np.float32), "mxfp8"), ValueError, "block size 32"),
+        (lambda: quantize_blocks(_ONES[:16], "mxfp8"), ValueError, "block size 32"),
         (lambda: quantize_blocks(np.ones(48, np.float32), "mxfp8"), ValueError, "partial"),
-        (lambda: quantize_blocks(np.ones(32, np.float32), "mxfp8", scale_mode="round"),
+        (lambda: quantize_blocks(_ONES, "mxfp8", scale_mode="round"),
          ValueError, "floor, ceil, even, rceil"),
-        (lambda: quantize_blocks(np.ones(32, np.float32), "mxfp8", rounding="stochastic"),
+        (lambda: quantize_blocks(_ONES, "mxfp8", rounding="stochastic"),
          ValueError, "key"),
         (lambda: quantize_blocks(np.ones(32, np.int32), "mxfp8"), TypeError, "floating"),
-        (lambda: quantize_blocks(np.ones(32, np.float32), "mxfp9"), ValueError, "mxfp8"),
-        (lambda: quantize_blocks(np.ones(32, np.float32), "nvfp4", scale_mode="ceil"),
+        (lambda: quantize_blocks(_ONES, "mxfp9"), ValueError, "mxfp8"),
+        (lambda: quantize_blocks(_ONES, "nvfp4", scale_mode="ceil"),
          ValueError, "MX"),
         (lambda: BlockFormat("x", E4M3, scale=E4M3), ValueError, "NVFP4"),
-        (lambda: decode_blocks(BlockCodes(np.zeros(32, np.uint8), np.zeros(2, np.uint8), None),
-                               "mxfp8"), ValueError, "expected"),
+        (lambda: decode_blocks(_BAD_CODES, "mxfp8"), ValueError, "expected"),
     ],
 )  # fmt: skip
 def test_bad_input(call, err, match):

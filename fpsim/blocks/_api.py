@@ -14,9 +14,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fpsim._keys import canonical_key
 from fpsim.blocks import _mx, _nvfp4
 from fpsim.blocks._format import BlockFormat, check_scale_mode, get_block_format
-from fpsim._keys import canonical_key
 from fpsim.rounding import as_float_array, check_rounding
 
 

@@ -39,7 +39,7 @@ def _div(a, b):
 
 
 def scales(xb):
-    """(tensor_scale, block scales in float32 on E4M3's grid) for blocks on the last axis."""
+    """(tensor_scale, block scales on E4M3's grid) for blocks on the last axis."""
     a = _f32.bits(xb) & jnp.uint32(0x7FFFFFFF)
     amax_b = jnp.max(a, axis=-1)
     amax_t = jnp.max(amax_b)
@@ -70,7 +70,7 @@ def elements(xb, ts, bs, safe_ts, rounding, key, random_bits):
 
 
 def dequantize(q, ts, bs):
-    """``q * (ts * bs)``, each product rounded once; NaN if the tensor scale is not finite."""
+    """``q * (ts * bs)``, each product rounded once; NaN for a non-finite tensor scale."""
     s = _f32.mul_narrow(jnp.broadcast_to(ts, bs.shape), bs)
     out = _f32.mul_narrow(s[..., None], q)
     return jnp.where(jnp.isfinite(ts), out, jnp.nan)
