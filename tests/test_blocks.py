@@ -173,3 +173,72 @@ def test_properties(x, k, mode):
                 BlockFormat("g", bfmt.element, block_size=1 << bfmt.element.bits),
             )).tolist())  # fmt: skip
             assert set(elems.ravel().tolist()) <= grid
+
+
+def _wide_blocks(seed: int, n_blocks: int = 256, block: int = 32) -> np.ndarray:
+    """Blocks whose scales span most of E8M0's range; each block also holds values far
+    below its amax, signed zeros, float32 subnormals, and a power-of-two amax or two."""
+    rng = np.random.default_rng(seed)
+    e = rng.integers(-110, 110, (n_blocks, 1))
+    x = rng.standard_normal((n_blocks, block)) * np.exp2(
+        e + rng.uniform(-40, 0, (n_blocks, block))
+    )
+    x = x.astype(np.float32)
+    x[:, 0] = -0.0
+    x[::3, 1] = np.float32(3e-39) * rng.choice([-1, 1], x[::3, 1].shape)  # subnormals
+    x[::5, 2] = np.exp2(e[::5, 0]).astype(np.float32)  # an exact power of two
+    x[::7, 3] = np.float32(np.inf)
+    x[-4:] = rng.uniform(-1e-38, 1e-38, (4, block))  # blocks of float32-subnormal size
+    return x
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "toward_zero", "stochastic"])
+@pytest.mark.parametrize("bfmt", [f for f in BLOCK_FORMATS if not f.tensor_scale])
+def test_mx_fast_path_bit_identical_to_exact_path(bfmt, rounding):
+    """The float-multiplication path equals the exact integer path (ldexp), bit for bit
+    (the same random words for stochastic rounding), blocks of subnormals included."""
+    import jax.numpy as jnp
+
+    from fpsim.blocks import _f32, _mx
+
+    x = jnp.asarray(_wide_blocks(3).reshape(-1, 8, 32))
+    key = jax.random.key(5) if rounding == "stochastic" else None
+    modes = ["floor", "ceil", "even"] + ([] if bfmt is MXINT8 else ["rceil"])
+    for mode in modes:
+        code = _mx.scale_codes(x, bfmt, mode)
+        args = (bfmt, mode, rounding, key, None)
+        q = _mx._fast_elements(x, code, *args)
+        fast = _mx.apply_scale(q, code)
+        slow_q = _mx._slow_elements(x, code, *args)
+        slow = _f32.ldexp(slow_q, (code - 127)[..., None])
+        slow = jnp.where((code == 255)[..., None], jnp.nan, slow)
+        assert _same(q, slow_q), (bfmt.name, mode)
+        assert _same(fast, slow), (bfmt.name, mode)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "toward_zero", "stochastic"])
+def test_nvfp4_fast_path_bit_identical_to_exact_path(rounding):
+    """The float-multiplication path equals the exact integer path (ldexp, mul_narrow),
+    on tensors of ordinary, huge and tiny (float32-subnormal) values."""
+    import jax.numpy as jnp
+
+    from fpsim.blocks import _nvfp4
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((512, 16)) * np.exp2(
+        rng.uniform(-12, 12, (512, 1)) + rng.uniform(-30, 0, (512, 16))
+    )
+    x = x.astype(np.float32)
+    x[:, 0], x[::5, 1] = -0.0, np.exp2(np.round(np.log2(np.abs(x[::5, 2]))))
+    key = jax.random.key(5) if rounding == "stochastic" else None
+    for scale in (1.0, 2.0**-60, 2.0**-100, 2.0**-125, 2.0**-135, 2.0**100):
+        xs = jnp.asarray((x * np.float64(scale)).astype(np.float32))
+        xs = xs.at[::9, 5].set(np.float32(-3e-39)).at[::11, 6].set(rng.uniform(0, 1e-38))
+        ts, bs, safe_ts = _nvfp4.scales(xs)
+        rcp = _nvfp4._reciprocal(ts, bs, safe_ts)
+        q = _nvfp4._fast_elements(xs, rcp, rounding, key, None)
+        slow_q = _nvfp4._slow_elements(xs, rcp, rounding, key, None)
+        assert _same(q, slow_q), scale
+        assert _same(_nvfp4.dequantize(q, ts, bs), _nvfp4._slow_dequantize(q, ts, bs))
+        assert _same(quantize_blocks(xs, NVFP4, rounding=rounding, key=key),
+                     _nvfp4._slow_dequantize(slow_q, ts, bs))  # fmt: skip

@@ -27,10 +27,13 @@ from fpsim.blocks._format import (
     block_format_names,
     get_block_format,
 )
+from fpsim.blocks._hadamard import hadamard_matrix, inverse_random_hadamard, random_hadamard
+from fpsim.blocks._stats import EXPONENTS, BlockStats, block_stats
 from fpsim.formats import E8M0
 
 __all__ = [
-    "BLOCK_FORMATS", "E8M0", "MXFP4", "MXFP6_E2M3", "MXFP6_E3M2", "MXFP8_E4M3",
+    "BLOCK_FORMATS", "E8M0", "EXPONENTS", "BlockStats", "block_stats", "hadamard_matrix",
+    "inverse_random_hadamard", "random_hadamard", "MXFP4", "MXFP6_E2M3", "MXFP6_E3M2", "MXFP8_E4M3",
     "MXFP8_E5M2", "MXINT8", "NVFP4", "SCALE_MODES", "BlockCodes", "BlockFormat",
     "block_format_names", "decode_blocks", "encode_blocks", "get_block_format",
     "quantize_blocks",

@@ -88,12 +88,10 @@ def _quantize(x, key, bfmt, mode, rounding, random_bits, ax):
     xb = _to_blocks(x, ax, bfmt.block_size)
     if bfmt.tensor_scale:
         ts, bs, safe_ts = _nvfp4.scales(xb)
-        q = _nvfp4.elements(xb, ts, bs, safe_ts, rounding, key, random_bits)
-        out = _nvfp4.dequantize(q, ts, bs)
+        out = _nvfp4.values(xb, ts, bs, safe_ts, rounding, key, random_bits)
     else:
         code = _mx.scale_codes(xb, bfmt, mode)
-        q = _mx.elements(xb, code, bfmt, mode, rounding, key, random_bits)
-        out = _mx.apply_scale(q, code)
+        out = _mx.values(xb, code, bfmt, mode, rounding, key, random_bits)
     return _from_blocks(out, ax)
 
 

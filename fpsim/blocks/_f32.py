@@ -117,3 +117,91 @@ def mul_narrow(x, b):
     mag = jnp.where(inf, jnp.uint32(_INF), mag)
     nan = (ax > _INF) | (ab > _INF) | (inf & ((ax == 0) | (ab == 0)))
     return jnp.where(nan, jnp.float32(jnp.nan), from_bits(sign | mag))
+
+
+# --------------------------------------------------------------------------------------
+# Fast exact scaling by float multiplication, where flushing cannot change the answer
+# --------------------------------------------------------------------------------------
+# Multiplying a float32 by a power of two is exact when the factor and the product are
+# normal. XLA on CPU flushes subnormal inputs and results to signed zero, so the two
+# helpers below keep every operand normal: a subnormal ``x`` is first made normal
+# (``x * 2**24``, exact through an integer conversion), a factor ``2**k`` with k out of
+# float32's normal range is split in two. What can still flush is a *result* below
+# ``2**-126``; :func:`scale_pow2` leaves those to the caller (they round to zero in any
+# narrow format whose smallest step is far above them), :func:`mul_pow2` computes them
+# exactly with integers.
+def pow2(e):
+    """float32 ``2**e`` for int32 ``e``: 0 below -126, ``e`` clipped at 127."""
+    e = jnp.asarray(e, jnp.int32)
+    b = (jnp.clip(e, -126, 127) + 127).astype(jnp.uint32) << 23
+    return jnp.where(e < -126, jnp.float32(0.0), from_bits(b))
+
+
+def ldexp_subnormal_24(b):
+    """``x * 2**24`` exactly for a subnormal (or zero) float32 ``x`` given its bits ``b``:
+    its magnitude bits are an integer number of units ``2**-149``."""
+    n = lax.bitcast_convert_type(b & jnp.uint32(_ABS), jnp.int32)  # signed: vectorises
+    mag = n.astype(jnp.float32) * jnp.float32(2.0**-125)
+    return from_bits(bits(mag) | (b & jnp.uint32(1 << 31)))
+
+
+def pow2_pair(k):
+    """Two float32 factors whose product is ``2**k`` (int32 ``k`` in -252..252), each
+    normal, for :func:`scale_pow2` and :func:`mul_pow2`.
+
+    Compute them once per block and pass them through ``lax.optimization_barrier``
+    before broadcasting: XLA would otherwise fuse this integer work into the
+    elementwise loop and redo it for every element.
+    """
+    k = jnp.asarray(k, jnp.int32)
+    k1 = k >> 1
+    return pow2(k1), pow2(k - k1)
+
+
+def scale_pow2(x, f):
+    """``x * 2**k`` for float32 ``x`` (subnormals included), ``f = pow2_pair(k)``.
+
+    Exact when the result is a normal float32 (overflow gives +-inf); a result below
+    ``2**-126`` may come out as a signed zero (XLA on CPU flushes it). The factors are
+    usually one pair per block, broadcast against the block's elements.
+    """
+    b = bits(x)
+    sub = (b & jnp.uint32(_INF)) == 0  # zero or subnormal
+    xf = jnp.where(sub, ldexp_subnormal_24(b), x)
+    y = (xf * f[0]) * f[1]
+    return jnp.where(sub, y * jnp.float32(2.0**-24), y)
+
+
+def mul_pow2(q, f, g):
+    """``q * 2**k`` exactly, subnormal results included, with ``f = pow2_pair(k)`` and
+    ``g = pow2(min(k + 149, 127))``, for ``q`` on a grid of step ``2**e`` with
+    ``k + e >= -149`` (so that the product is a float32) and ``k >= -149``: elements
+    of narrow formats times their block scale.
+    """
+    t = jnp.abs(q) * g  # the result in units of 2**-149: an integer when below 2**23
+    sign = bits(q) & jnp.uint32(1 << 31)
+    units = jnp.minimum(t, jnp.float32(2.0**23)).astype(jnp.int32)  # signed: vectorises
+    small = from_bits(sign | lax.bitcast_convert_type(units, jnp.uint32))
+    big = (q * f[0]) * f[1]
+    return jnp.where(t < jnp.float32(2.0**23), small, big)
+
+
+def materialize(a):
+    """``a`` unchanged, but computed once into its own buffer.
+
+    XLA fuses cheap elementwise producers into their consumers, so integer work on a
+    block's scale would run once per *element* (16 or 32 times), and work shared by
+    several consumers once per consumer. It does not fuse a reduction into an
+    elementwise consumer: ``a`` goes through a max with zero over a new axis of two (a
+    pad, evaluated once), an identity on its uint32 bits.
+    """
+    u = a.astype(jnp.uint32) if a.dtype == jnp.bool_ else lax.bitcast_convert_type(
+        a, jnp.uint32)  # fmt: skip
+    u = jnp.max(jnp.stack([u, jnp.zeros_like(u)], axis=-1), axis=-1)
+    return u != 0 if a.dtype == jnp.bool_ else lax.bitcast_convert_type(u, a.dtype)
+
+
+def per_block(*arrays):
+    """Per-block values materialised (:func:`materialize`), with a trailing axis of one
+    to broadcast against the block's elements."""
+    return tuple(materialize(a)[..., None] for a in arrays)

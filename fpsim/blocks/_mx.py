@@ -108,8 +108,8 @@ def _round_int8(y, rounding, key, random_bits):
     return jnp.clip(r, -128, 127)
 
 
-def elements(xb, code, bfmt: BlockFormat, mode, rounding, key, random_bits):
-    """The elements on their own grid (float32): x / scale rounded, saturated."""
+def _slow_elements(xb, code, bfmt: BlockFormat, mode, rounding, key, random_bits):
+    """The elements by exact integer scaling (:func:`._f32.ldexp`): any block."""
     shift = element_shift(code, mode)[..., None]
     if bfmt.element == INT8:
         y = _f32.ldexp(xb, shift + 6)
@@ -119,6 +119,45 @@ def elements(xb, code, bfmt: BlockFormat, mode, rounding, key, random_bits):
     return quantize(
         y, bfmt.element, rounding, key=key, saturate=True, random_bits=random_bits
     )
+
+
+# -- The fast path ---------------------------------------------------------------------
+# Scaling by a power of two is a float multiplication, exact whenever operands and
+# product are normal: :func:`._f32.scale_pow2` and :func:`._f32.mul_pow2` keep them so
+# (a subnormal x is normalised through an integer conversion, a factor outside the
+# normal range is split in two, a subnormal block value is assembled from its bits).
+# What is left to XLA's flushing is a scaled element below 2**-126 (x far below its
+# block's amax): it comes out as a signed zero instead of a tiny float. To nearest,
+# toward zero, or stochastically with <= 32 random bits it rounds to that zero anyway
+# (the elements' smallest step is >= 2**-16), so these modes give the exact path's
+# bits; "up" and "down" would round it to the smallest step, so they take the exact
+# integer path (:func:`._f32.ldexp`, about 10x slower).
+FAST_ROUNDINGS = ("nearest", "stochastic", "toward_zero")
+
+
+def _fast_elements(xb, code, bfmt: BlockFormat, mode, rounding, key, random_bits):
+    """The elements by float multiplication (see above)."""
+    shift = element_shift(code, mode)
+    if bfmt.element == INT8:
+        f = _f32.per_block(*_f32.pow2_pair(shift + 6))
+        y = _f32.scale_pow2(xb, f)
+        y = jnp.where(jnp.isnan(y), 0.0, y)
+        return _round_int8(y, rounding, key, random_bits) * jnp.float32(2.0**-6)
+    y = _f32.scale_pow2(xb, _f32.per_block(*_f32.pow2_pair(shift)))
+    return quantize(
+        y, bfmt.element, rounding, key=key, saturate=True, random_bits=random_bits
+    )
+
+
+def elements(xb, code, bfmt: BlockFormat, mode, rounding, key, random_bits):
+    """The elements on their own grid (float32): x / scale rounded, saturated."""
+    fn = _fast_elements if rounding in FAST_ROUNDINGS else _slow_elements
+    return fn(xb, code, bfmt, mode, rounding, key, random_bits)
+
+
+def values(xb, code, bfmt: BlockFormat, mode, rounding, key, random_bits):
+    """The block-scaled values (float32): elements times their block's scale."""
+    return apply_scale(elements(xb, code, bfmt, mode, rounding, key, random_bits), code)
 
 
 def element_codes(q, bfmt: BlockFormat):
@@ -136,5 +175,7 @@ def element_values(codes, bfmt: BlockFormat):
 
 def apply_scale(q, code):
     """``q * 2**(code - 127)`` exactly (inf on overflow), NaN for scale code 0xFF."""
-    out = _f32.ldexp(q, (code - 127)[..., None])
-    return jnp.where((code == NAN)[..., None], jnp.nan, out)
+    k = code - 127
+    f1, f2, g, nan = _f32.per_block(*_f32.pow2_pair(k), _f32.pow2(jnp.minimum(k + 149, 127)),
+                                code == NAN)  # fmt: skip
+    return jnp.where(nan, jnp.nan, _f32.mul_pow2(q, (f1, f2), g))
