@@ -2,9 +2,9 @@
 
     PYTHONPATH=. python benchmarks/blocks.py [log2_size]   # default 24 (2**24 values)
 
-Prints, per block format, the best-of-7 time of ``quantize_blocks`` and of ``fpsim.quantize``
-to its element format (MXINT8: to E4M3 as the baseline) and their ratio. Targets: at
-most 2x for MX, 3x for NVFP4.
+Prints, per block format, the best-of-7 time of ``quantize_blocks`` and of
+``fpsim.quantize`` to its element format (MXINT8: to E4M3 as the baseline) and their
+ratio. Targets: at most 2x for MX, 3x for NVFP4.
 """
 
 from __future__ import annotations

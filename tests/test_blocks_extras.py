@@ -1,4 +1,4 @@
-"""Per-block statistics (exact counts on crafted blocks) and the random Hadamard transform."""
+"""Per-block statistics (exact counts on crafted blocks); the random Hadamard transform."""
 
 from __future__ import annotations
 

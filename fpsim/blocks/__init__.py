@@ -32,9 +32,9 @@ from fpsim.blocks._stats import EXPONENTS, BlockStats, block_stats
 from fpsim.formats import E8M0
 
 __all__ = [
-    "BLOCK_FORMATS", "E8M0", "EXPONENTS", "BlockStats", "block_stats", "hadamard_matrix",
-    "inverse_random_hadamard", "random_hadamard", "MXFP4", "MXFP6_E2M3", "MXFP6_E3M2", "MXFP8_E4M3",
-    "MXFP8_E5M2", "MXINT8", "NVFP4", "SCALE_MODES", "BlockCodes", "BlockFormat",
-    "block_format_names", "decode_blocks", "encode_blocks", "get_block_format",
-    "quantize_blocks",
+    "BLOCK_FORMATS", "E8M0", "EXPONENTS", "MXFP4", "MXFP6_E2M3", "MXFP6_E3M2",
+    "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8", "NVFP4", "SCALE_MODES", "BlockCodes",
+    "BlockFormat", "BlockStats", "block_format_names", "block_stats", "decode_blocks",
+    "encode_blocks", "get_block_format", "hadamard_matrix", "inverse_random_hadamard",
+    "quantize_blocks", "random_hadamard",
 ]  # fmt: skip

@@ -176,6 +176,6 @@ def element_values(codes, bfmt: BlockFormat):
 def apply_scale(q, code):
     """``q * 2**(code - 127)`` exactly (inf on overflow), NaN for scale code 0xFF."""
     k = code - 127
-    f1, f2, g, nan = _f32.per_block(*_f32.pow2_pair(k), _f32.pow2(jnp.minimum(k + 149, 127)),
-                                code == NAN)  # fmt: skip
+    g = _f32.pow2(jnp.minimum(k + 149, 127))
+    f1, f2, g, nan = _f32.per_block(*_f32.pow2_pair(k), g, code == NAN)
     return jnp.where(nan, jnp.nan, _f32.mul_pow2(q, (f1, f2), g))
