@@ -15,6 +15,9 @@ implementations (torchao, gfloat, ml_dtypes, Transformer Engine) disagree.
 from fpsim.blocks._api import BlockCodes, decode_blocks, encode_blocks, quantize_blocks
 from fpsim.blocks._format import (
     BLOCK_FORMATS,
+    FP8_TENSOR,
+    FP8_TENSOR_POW2,
+    FP32_SCALE_MODES,
     MXFP4,
     MXFP6_E2M3,
     MXFP6_E3M2,
@@ -23,7 +26,11 @@ from fpsim.blocks._format import (
     MXINT8,
     NVFP4,
     SCALE_MODES,
+    TILE_FORMATS,
     BlockFormat,
+    FP8_BLOCK_1x128,
+    FP8_BLOCK_128x128,
+    NVFP4_16x16,
     block_format_names,
     get_block_format,
 )
@@ -32,9 +39,11 @@ from fpsim.blocks._stats import EXPONENTS, BlockStats, block_stats
 from fpsim.formats import E8M0
 
 __all__ = [
-    "BLOCK_FORMATS", "E8M0", "EXPONENTS", "MXFP4", "MXFP6_E2M3", "MXFP6_E3M2",
-    "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8", "NVFP4", "SCALE_MODES", "BlockCodes",
-    "BlockFormat", "BlockStats", "block_format_names", "block_stats", "decode_blocks",
-    "encode_blocks", "get_block_format", "hadamard_matrix", "inverse_random_hadamard",
-    "quantize_blocks", "random_hadamard",
+    "BLOCK_FORMATS", "E8M0", "EXPONENTS", "FP32_SCALE_MODES", "FP8_BLOCK_1x128",
+    "FP8_BLOCK_128x128", "FP8_TENSOR", "FP8_TENSOR_POW2", "MXFP4", "MXFP6_E2M3",
+    "MXFP6_E3M2", "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8", "NVFP4", "NVFP4_16x16",
+    "SCALE_MODES", "TILE_FORMATS", "BlockCodes", "BlockFormat", "BlockStats",
+    "block_format_names", "block_stats", "decode_blocks", "encode_blocks",
+    "get_block_format", "hadamard_matrix", "inverse_random_hadamard", "quantize_blocks",
+    "random_hadamard",
 ]  # fmt: skip

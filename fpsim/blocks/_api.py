@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from fpsim._keys import canonical_key
-from fpsim.blocks import _mx, _nvfp4
+from fpsim.blocks import _fp32scale, _mx, _nvfp4
 from fpsim.blocks._format import BlockFormat, check_scale_mode, get_block_format
+from fpsim.formats import FP32
 from fpsim.rounding import as_float_array, check_rounding
 
 
@@ -40,7 +41,7 @@ def _resolve(bfmt, scale_mode):
     bfmt = get_block_format(bfmt)
     if scale_mode is None:
         return bfmt, bfmt.scale_mode
-    check_scale_mode(scale_mode)
+    check_scale_mode(scale_mode, bfmt.scale)
     if bfmt.tensor_scale:
         raise ValueError(
             f"{bfmt.name} chooses its E4M3 block scales by rounding to nearest; "
@@ -51,7 +52,42 @@ def _resolve(bfmt, scale_mode):
     return bfmt, scale_mode
 
 
-def _prepare(x, bfmt: BlockFormat, rounding: str, axis: int):
+def _axes(ndim: int, bfmt: BlockFormat, axis) -> tuple[int, ...]:
+    """The axes blocks run along, normalised: one, two (tiles) or all (per tensor)."""
+    if bfmt.per_tensor:
+        return tuple(range(ndim))
+    want = 2 if bfmt.block_shape is not None else 1
+    if want == 2 and axis == -1:
+        axis = (-2, -1)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if len(axes) != want or not all(isinstance(a, int) for a in axes):
+        raise ValueError(
+            f"{bfmt.name} needs {'a pair of axes' if want == 2 else 'one axis'}, "
+            f"got {axis!r}"
+        )
+    norm = tuple(a + ndim if a < 0 else a for a in axes)
+    if not all(0 <= a < ndim for a in norm) or len(set(norm)) != len(norm):
+        raise ValueError(f"axis {axis} is out of range for an array of {ndim} dims")
+    return norm
+
+
+def _block_dims(bfmt: BlockFormat) -> tuple[int, ...]:
+    return bfmt.block_shape if bfmt.block_shape is not None else (bfmt.block_size,)
+
+
+def _check_lengths(shape, bfmt: BlockFormat, axes, what: str = "axis") -> None:
+    if bfmt.per_tensor:
+        return
+    for a, b in zip(axes, _block_dims(bfmt), strict=True):
+        n = shape[a]
+        if n < b or n % b:
+            raise ValueError(
+                f"{what} {a} has length {n}, not a multiple of {bfmt.name}'s block size "
+                f"{b} (a trailing partial block is not allowed; pad with zeros)"
+            )
+
+
+def _prepare(x, bfmt: BlockFormat, rounding: str, axis):
     check_rounding(rounding)
     if hasattr(x, "dtype") and not jnp.issubdtype(jnp.dtype(x.dtype), jnp.floating):
         raise TypeError(
@@ -61,45 +97,80 @@ def _prepare(x, bfmt: BlockFormat, rounding: str, axis: int):
     x = as_float_array(x).astype(jnp.float32)
     if x.ndim == 0:
         raise ValueError("block quantization needs at least one axis; got a scalar")
-    ax = axis + x.ndim if axis < 0 else axis
-    if not 0 <= ax < x.ndim:
-        raise ValueError(f"axis {axis} is out of range for an array of {x.ndim} dims")
-    n, bs = x.shape[ax], bfmt.block_size
-    if n < bs or n % bs:
+    if bfmt.scale == FP32 and rounding not in _fp32scale.ROUNDINGS:
         raise ValueError(
-            f"axis {axis} has length {n}, not a multiple of {bfmt.name}'s block size {bs} "
-            "(a trailing partial block is not allowed; pad with zeros)"
+            f"{bfmt.name}: rounding {rounding!r} is not offered with float32 scales; "
+            f"valid: {', '.join(_fp32scale.ROUNDINGS)}"
         )
-    return x, ax
+    axes = _axes(x.ndim, bfmt, axis)
+    _check_lengths(x.shape, bfmt, axes)
+    return x, axes
 
 
-def _to_blocks(x, ax, bs):
-    xm = jnp.moveaxis(x, ax, -1)
-    return xm.reshape(*xm.shape[:-1], xm.shape[-1] // bs, bs)
+def _to_blocks(x, axes, bfmt: BlockFormat):
+    """``(..., n_blocks..., block_size)``: the blocked axes last, one block per row."""
+    if bfmt.per_tensor:
+        return x.reshape(-1)
+    k = len(axes)
+    xm = jnp.moveaxis(x, axes, tuple(range(-k, 0)))
+    lead = xm.shape[:-k]
+    if k == 1:
+        b = bfmt.block_size
+        return xm.reshape(*lead, xm.shape[-1] // b, b)
+    (r, c), (n0, n1) = bfmt.block_shape, xm.shape[-2:]
+    xt = xm.reshape(*lead, n0 // r, r, n1 // c, c)
+    return jnp.swapaxes(xt, -3, -2).reshape(*lead, n0 // r, n1 // c, r * c)
 
 
-def _from_blocks(xb, ax):
-    xm = xb.reshape(*xb.shape[:-2], -1)
-    return jnp.moveaxis(xm, -1, ax)
+def _from_blocks(xb, axes, bfmt: BlockFormat, shape):
+    if bfmt.per_tensor:
+        return xb.reshape(shape)
+    k = len(axes)
+    if k == 1:
+        xm = xb.reshape(*xb.shape[:-2], -1)
+    else:
+        (r, c), (m0, m1) = bfmt.block_shape, xb.shape[-3:-1]
+        xt = xb.reshape(*xb.shape[:-3], m0, m1, r, c)
+        xm = jnp.swapaxes(xt, -3, -2).reshape(*xb.shape[:-3], m0 * r, m1 * c)
+    return jnp.moveaxis(xm, tuple(range(-k, 0)), axes)
+
+
+def _scales_out(sc, axes, bfmt: BlockFormat):
+    """Per-block array ``(..., n_blocks...)`` -> the scales' layout (x's axes)."""
+    if bfmt.per_tensor:
+        return sc.reshape(())
+    k = len(axes)
+    return jnp.moveaxis(sc, tuple(range(-k, 0)), axes)
+
+
+def _scales_in(sc, axes, bfmt: BlockFormat):
+    if bfmt.per_tensor:
+        return sc.reshape(())
+    k = len(axes)
+    return jnp.moveaxis(sc, axes, tuple(range(-k, 0)))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
 def _quantize(x, key, bfmt, mode, rounding, random_bits, ax):
-    xb = _to_blocks(x, ax, bfmt.block_size)
-    if bfmt.tensor_scale:
+    xb = _to_blocks(x, ax, bfmt)
+    if bfmt.scale == FP32:
+        s = _fp32scale.scales(xb, bfmt, mode)
+        q = _fp32scale.elements(xb, s, bfmt, mode, rounding, key, random_bits)
+        out = _fp32scale.dequantize(q, s, mode)
+    elif bfmt.tensor_scale:
         ts, bs, safe_ts = _nvfp4.scales(xb)
         out = _nvfp4.values(xb, ts, bs, safe_ts, rounding, key, random_bits)
     else:
         code = _mx.scale_codes(xb, bfmt, mode)
         out = _mx.values(xb, code, bfmt, mode, rounding, key, random_bits)
-    return _from_blocks(out, ax)
+    return _from_blocks(out, ax, bfmt, x.shape)
 
 
 def quantize_blocks(
     x: jax.typing.ArrayLike,
     bfmt: BlockFormat | str,
     *,
-    axis: int = -1,
+    axis: int | tuple[int, int] = -1,
     scale_mode: str | None = None,
     rounding: str = "nearest",
     key: jax.Array | None = None,
@@ -116,7 +187,8 @@ def quantize_blocks(
     Args:
       x: floating-point array; the axis length must be a multiple of the block size.
       bfmt: a :class:`BlockFormat` or a name (``"mxfp8"``, ``"mxfp4"``, ``"nvfp4"``...).
-      axis: the axis along which blocks run.
+      axis: the axis along which blocks run; for 2-D tiles (``bfmt.block_shape``) a
+        pair of axes, by default the last two; ignored for per-tensor formats.
       scale_mode: ``"floor"``, ``"ceil"``, ``"even"`` or ``"rceil"``; overrides
         ``bfmt.scale_mode`` (MX formats only).
       rounding: how elements round: ``"nearest"`` (ties to even), the directed modes,
@@ -147,8 +219,12 @@ def quantize_blocks(
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _encode(x, bfmt, mode, ax):
-    xb = _to_blocks(x, ax, bfmt.block_size)
-    if bfmt.tensor_scale:
+    xb = _to_blocks(x, ax, bfmt)
+    if bfmt.scale == FP32:
+        s = _fp32scale.scales(xb, bfmt, mode)
+        q = _fp32scale.elements(xb, s, bfmt, mode, "nearest", None, None)
+        elements, scales, ts = _fp32scale.element_codes(q, bfmt), s, None
+    elif bfmt.tensor_scale:
         ts, bs, safe_ts = _nvfp4.scales(xb)
         q = _nvfp4.elements(xb, ts, bs, safe_ts, "nearest", None, None)
         elements, scales = _nvfp4.element_codes(q), _nvfp4.scale_codes(bs)
@@ -156,15 +232,15 @@ def _encode(x, bfmt, mode, ax):
         code = _mx.scale_codes(xb, bfmt, mode)
         q = _mx.elements(xb, code, bfmt, mode, "nearest", None, None)
         elements, scales, ts = _mx.element_codes(q, bfmt), code.astype(jnp.uint8), None
-    scales = jnp.moveaxis(scales, -1, ax)
-    return BlockCodes(_from_blocks(elements, ax), scales, ts)
+    scales = _scales_out(scales, ax, bfmt)
+    return BlockCodes(_from_blocks(elements, ax, bfmt, x.shape), scales, ts)
 
 
 def encode_blocks(
     x: jax.typing.ArrayLike,
     bfmt: BlockFormat | str,
     *,
-    axis: int = -1,
+    axis: int | tuple[int, int] = -1,
     scale_mode: str | None = None,
 ) -> BlockCodes:
     """The stored form of ``x`` in a block format: :class:`BlockCodes`.
@@ -185,19 +261,21 @@ def encode_blocks(
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _decode(elements, scales, ts, bfmt, ax):
-    eb = _to_blocks(elements, ax, bfmt.block_size)
-    sc = jnp.moveaxis(scales, ax, -1)
-    if bfmt.tensor_scale:
+    eb = _to_blocks(elements, ax, bfmt)
+    sc = _scales_in(scales, ax, bfmt)
+    if bfmt.scale == FP32:
+        out = _fp32scale.dequantize(_fp32scale.element_values(eb, bfmt), sc, "amax")
+    elif bfmt.tensor_scale:
         q = _nvfp4.element_values(eb)
         out = _nvfp4.dequantize(q, ts, _nvfp4.scale_values(sc))
     else:
         q = _mx.element_values(eb, bfmt)
         out = _mx.apply_scale(q, sc.astype(jnp.int32))
-    return _from_blocks(out, ax)
+    return _from_blocks(out, ax, bfmt, elements.shape)
 
 
 def decode_blocks(
-    codes: BlockCodes, bfmt: BlockFormat | str, *, axis: int = -1
+    codes: BlockCodes, bfmt: BlockFormat | str, *, axis: int | tuple[int, int] = -1
 ) -> jax.Array:
     """float32 values of a :class:`BlockCodes`: ``decode_blocks(encode_blocks(x)) ==
     quantize_blocks(x)``.
@@ -209,19 +287,18 @@ def decode_blocks(
     bfmt = get_block_format(bfmt)
     elements, scales, ts = codes
     elements, scales = jnp.asarray(elements), jnp.asarray(scales)
+    fp32 = bfmt.scale == FP32
     for name, arr in (("elements", elements), ("scales", scales)):
-        if not jnp.issubdtype(arr.dtype, jnp.integer):
+        if not (jnp.issubdtype(arr.dtype, jnp.integer) or (fp32 and name == "scales")):
             raise TypeError(f"{name} must be integer codes, got dtype {arr.dtype}")
-    ax = axis + elements.ndim if axis < 0 else axis
-    if not 0 <= ax < elements.ndim:
-        raise ValueError(f"axis {axis} is out of range for {elements.ndim}-dim elements")
+    ax = _axes(elements.ndim, bfmt, axis)
+    _check_lengths(elements.shape, bfmt, ax, what="elements' axis")
     want = list(elements.shape)
-    if want[ax] % bfmt.block_size:
-        raise ValueError(
-            f"elements' axis {axis} has length {want[ax]}, not a multiple of "
-            f"{bfmt.name}'s block size {bfmt.block_size}"
-        )
-    want[ax] //= bfmt.block_size
+    if bfmt.per_tensor:
+        want = []
+    else:
+        for a, b in zip(ax, _block_dims(bfmt), strict=True):
+            want[a] //= b
     if tuple(scales.shape) != tuple(want):
         raise ValueError(f"scales have shape {scales.shape}, expected {tuple(want)}")
     if bfmt.tensor_scale:
@@ -230,4 +307,5 @@ def decode_blocks(
         ts = jnp.asarray(ts, jnp.float32)
     else:
         ts = None
-    return _decode(elements.astype(jnp.uint8), scales.astype(jnp.uint8), ts, bfmt, ax)
+    scales = scales.astype(jnp.float32 if fp32 else jnp.uint8)
+    return _decode(elements.astype(jnp.uint8), scales, ts, bfmt, ax)

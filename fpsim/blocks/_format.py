@@ -21,10 +21,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from fpsim.formats import E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, Format
+from fpsim.formats import E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, FP32, Format
 
-ScaleMode = Literal["floor", "ceil", "even", "rceil"]
+ScaleMode = Literal["floor", "ceil", "even", "rceil", "amax", "pow2"]
 SCALE_MODES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
+#: How a float32 scale is chosen: ``"amax"``: ``amax / element_max`` (DeepSeek-V3's
+#: blocks, Transformer Engine's current scaling); ``"pow2"``: that, rounded up to a
+#: power of two, so no element exceeds the max and scaling is exact.
+FP32_SCALE_MODES: tuple[str, ...] = ("amax", "pow2")
 INT8 = "int8"
 
 
@@ -43,6 +47,16 @@ class BlockFormat:
       scale_mode: how an E8M0 scale is chosen from the block's amax: ``"floor"`` (the
         OCP spec), ``"ceil"``, ``"even"`` or ``"rceil"`` (see :mod:`fpsim.blocks`).
       tensor_scale: whether the tensor also has one float32 scale (NVFP4).
+      block_shape: for 2-D tiles, e.g. ``(128, 128)``: a block is a tile over two axes
+        (``axis=(-2, -1)`` by default) and ``block_size`` is set to the tile's size.
+        ``None``: a block runs along one axis.
+      per_tensor: one scale for the whole tensor (per-tensor "current scaling"); the
+        block size is ignored.
+
+    With ``scale=FP32`` the scale is a float32 chosen by ``scale_mode`` ``"amax"``
+    (``amax / element_max``, as DeepSeek-V3 and Transformer Engine's current scaling)
+    or ``"pow2"`` (rounded up to a power of two, clamped to ``2**-127 .. 2**127``);
+    elements are ``x / scale`` rounded and saturated, values ``element * scale``.
     """
 
     name: str
@@ -51,17 +65,33 @@ class BlockFormat:
     scale: Format = E8M0
     scale_mode: str = "floor"
     tensor_scale: bool = False
+    block_shape: tuple[int, ...] | None = None
+    per_tensor: bool = False
 
     def __post_init__(self) -> None:
+        if self.block_shape is not None:
+            shape = tuple(self.block_shape)
+            if len(shape) != 2 or not all(isinstance(b, int) and b >= 1 for b in shape):
+                raise ValueError(
+                    f"block_shape must be two positive ints, e.g. (128, 128); got {shape!r}"
+                )
+            object.__setattr__(self, "block_shape", shape)
+            object.__setattr__(self, "block_size", shape[0] * shape[1])
         if not (isinstance(self.element, Format) or self.element == INT8):
             raise ValueError(
                 f"element must be a fpsim.Format or 'int8', got {self.element!r}"
             )
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
-        if self.scale not in (E8M0, E4M3):
-            raise ValueError(f"scale must be E8M0 or E4M3, got {self.scale!r}")
-        check_scale_mode(self.scale_mode)
+        if self.scale not in (E8M0, E4M3, FP32):
+            raise ValueError(f"scale must be E8M0, E4M3 or FP32, got {self.scale!r}")
+        check_scale_mode(self.scale_mode, self.scale)
+        if (
+            self.scale == FP32
+            and self.element in (INT8, E2M1)
+            or (self.per_tensor and self.scale != FP32)
+        ):
+            raise ValueError("an FP32 scale (and per_tensor) is for FP8/FP6 elements")
         if self.scale == E4M3 and (self.element != E2M1 or not self.tensor_scale):
             raise ValueError("an E4M3 block scale is NVFP4's: E2M1 elements, tensor_scale")
 
@@ -93,9 +123,10 @@ class BlockFormat:
         return self.name
 
 
-def check_scale_mode(mode: str) -> None:
-    if mode not in SCALE_MODES:
-        raise ValueError(f"unknown scale_mode {mode!r}; valid: {', '.join(SCALE_MODES)}")
+def check_scale_mode(mode: str, scale: Format = E8M0) -> None:
+    valid = FP32_SCALE_MODES if scale == FP32 else SCALE_MODES
+    if mode not in valid:
+        raise ValueError(f"unknown scale_mode {mode!r}; valid: {', '.join(valid)}")
 
 
 MXFP8_E4M3 = BlockFormat("mxfp8_e4m3", E4M3)
@@ -110,7 +141,22 @@ BLOCK_FORMATS: tuple[BlockFormat, ...] = (
     MXFP8_E4M3, MXFP8_E5M2, MXFP6_E3M2, MXFP6_E2M3, MXFP4, MXINT8, NVFP4,
 )  # fmt: skip
 
-_ALIASES: dict[str, BlockFormat] = {f.name: f for f in BLOCK_FORMATS}
+# Tiles and float32 scales: DeepSeek-V3's FP8 (activations 1x128, weights 128x128, scale
+# amax / 448), per-tensor current scaling, and NVFP4's 16x16 weight tiles.
+FP8_BLOCK_1x128 = BlockFormat("fp8_block_1x128", E4M3, 128, FP32, "amax")
+FP8_BLOCK_128x128 = BlockFormat(
+    "fp8_block_128x128", E4M3, scale=FP32, scale_mode="amax", block_shape=(128, 128)
+)
+FP8_TENSOR = BlockFormat("fp8_tensor", E4M3, 1, FP32, "amax", per_tensor=True)
+FP8_TENSOR_POW2 = BlockFormat("fp8_tensor_pow2", E4M3, 1, FP32, "pow2", per_tensor=True)
+NVFP4_16x16 = BlockFormat(
+    "nvfp4_16x16", E2M1, scale=E4M3, tensor_scale=True, block_shape=(16, 16)
+)
+TILE_FORMATS: tuple[BlockFormat, ...] = (
+    FP8_BLOCK_1x128, FP8_BLOCK_128x128, FP8_TENSOR, FP8_TENSOR_POW2, NVFP4_16x16,
+)  # fmt: skip
+
+_ALIASES: dict[str, BlockFormat] = {f.name: f for f in BLOCK_FORMATS + TILE_FORMATS}
 _ALIASES["mxfp8"] = MXFP8_E4M3
 
 

@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from fpsim.blocks import _f32
-from fpsim.blocks._api import decode_blocks, encode_blocks
+from fpsim.blocks._api import _axes, _scales_out, _to_blocks, decode_blocks, encode_blocks
 from fpsim.blocks._format import INT8, BlockFormat, get_block_format
 from fpsim.codec import decode
+from fpsim.formats import FP32
 
 #: The exponents the histogram counts, ``exponent_counts[i]`` is for ``EXPONENTS[i]``.
 EXPONENTS = tuple(range(-127, 128))
@@ -42,7 +43,7 @@ class BlockStats(NamedTuple):
         scale``) and are clipped to it.
       scale_exponent: int32, the scales' shape: ``log2`` of each block's scale (MX:
         the E8M0 code minus 127; NVFP4: ``floor(log2)`` of the E4M3 block scale, the
-        tensor scale left out). NaN blocks (MX code 0xFF) give -128.
+        tensor scale left out; float32 scales: ``floor(log2)``). NaN blocks give -128.
       exponent_counts: int32[255]: how many blocks have each scale exponent in
         :data:`EXPONENTS` (-127 .. 127); NaN blocks are not counted.
     """
@@ -85,7 +86,7 @@ def block_stats(
     codes = encode_blocks(x, bfmt, axis=axis, scale_mode=scale_mode)
     x = jnp.asarray(x, jnp.float32)
     q = decode_blocks(codes, bfmt, axis=axis)
-    ax = axis % x.ndim
+    axes = _axes(x.ndim, bfmt, axis)
     elem = jnp.abs(_element_values(codes.elements, bfmt))
     if bfmt.element == INT8:
         at_max = (codes.elements == 0x7F) | (codes.elements == 0x80)
@@ -96,12 +97,11 @@ def block_stats(
     sat = finite & at_max & (jnp.abs(x) > jnp.abs(q))
 
     def per_block(flags):
-        f = jnp.moveaxis(flags, ax, -1)
-        f = f.reshape(*f.shape[:-1], -1, bfmt.block_size).astype(jnp.float32)
-        return jnp.moveaxis(jnp.mean(f, axis=-1), -1, ax)
+        f = _to_blocks(flags.astype(jnp.float32), axes, bfmt)
+        return _scales_out(jnp.mean(f, axis=-1), axes, bfmt)
 
-    if bfmt.tensor_scale:  # NVFP4: the E4M3 block scale's binade
-        bs = decode(codes.scales, bfmt.scale)
+    if bfmt.tensor_scale or bfmt.scale == FP32:  # the block scale's binade
+        bs = codes.scales if bfmt.scale == FP32 else decode(codes.scales, bfmt.scale)
         exp = _f32.floor_log2(_f32.bits(bs) & jnp.uint32(0x7FFFFFFF))
         valid = jnp.isfinite(bs) & (bs > 0)
     else:
