@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 import fpsim
-from fpsim.blocks import BLOCK_FORMATS, quantize_blocks
+from fpsim.blocks import BLOCK_FORMATS, TILE_FORMATS, quantize_blocks
 
 
 def _time(fn, x, reps: int = 7) -> float:
@@ -34,13 +34,13 @@ def main(log2_size: int = 24) -> None:
     x = jax.numpy.asarray(
         np.random.default_rng(0).standard_normal((1 << (log2_size - 10), 1024), np.float32)
     )
-    head = f"{'format':<12}{'blocks ms':>11}{'element ms':>12}{'ratio':>8}"
+    head = f"{'format':<18}{'blocks ms':>11}{'element ms':>12}{'ratio':>8}"
     print(f"{head}  ({x.size} values)")
-    for bfmt in BLOCK_FORMATS:
+    for bfmt in BLOCK_FORMATS + TILE_FORMATS:
         elem = fpsim.formats.E4M3 if bfmt.element == "int8" else bfmt.element
         tb = _time(jax.jit(lambda v, b=bfmt: quantize_blocks(v, b)), x)
         te = _time(jax.jit(lambda v, e=elem: fpsim.quantize(v, e)), x)
-        print(f"{bfmt.name:<12}{tb * 1e3:>11.1f}{te * 1e3:>12.1f}{tb / te:>8.2f}")
+        print(f"{bfmt.name:<18}{tb * 1e3:>11.1f}{te * 1e3:>12.1f}{tb / te:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,15 @@ def test_stats_mxfp8_underflow_and_saturation_counts():
     # block 1: amax 1 -> scale 2**-8; 0.001 / 2**-8 = 0.256 is representable
     x[1, 1:17] = 0.001
     st = block_stats(x, "mxfp8")
-    assert np.asarray(st.underflow).tolist() == [16 / 32, 0.0]
-    assert np.asarray(st.saturated).tolist() == [1 / 32, 0.0]
-    assert np.asarray(st.scale_exponent).tolist() == [1, -8]
+    assert st.underflow.shape == (2, 1)  # the scales' shape: one per block
+    assert np.asarray(st.underflow).ravel().tolist() == [16 / 32, 0.0]
+    assert np.asarray(st.saturated).ravel().tolist() == [1 / 32, 0.0]
+    assert np.asarray(st.scale_exponent).ravel().tolist() == [1, -8]
     counts = np.asarray(st.exponent_counts)
     assert counts.sum() == 2 and counts[EXPONENTS.index(1)] == 1
     assert counts[EXPONENTS.index(-8)] == 1
     # "ceil" never saturates: 957 -> scale 2**2, 957/4 = 239.25 -> 240 (no clipping)
-    assert float(block_stats(x, "mxfp8", scale_mode="ceil").saturated[0]) == 0.0
+    assert float(block_stats(x, "mxfp8", scale_mode="ceil").saturated[0, 0]) == 0.0
 
 
 def test_stats_mxfp4_ties_negative_and_axis0():
@@ -50,7 +51,7 @@ def test_stats_histogram_of_exponents_and_nan_blocks():
     x[5, 7] = np.nan
     st = block_stats(x, "mxfp8_e5m2")  # emax 15: scale exponent e - 15
     want = np.where(np.arange(40) == 5, -128, e - 15)
-    assert np.asarray(st.scale_exponent).tolist() == want.tolist()
+    assert np.asarray(st.scale_exponent).ravel().tolist() == want.tolist()
     counts = np.asarray(st.exponent_counts)
     assert counts.sum() == 39 and counts[EXPONENTS.index(-35)] == 1
     assert not np.asarray(st.underflow).any() and not np.asarray(st.saturated).any()
@@ -88,20 +89,22 @@ def test_hadamard_is_orthonormal_and_inverts():
     assert not np.allclose(np.asarray(random_hadamard(a, 6)), ha)
 
 
-def test_hadamard_spreads_an_outlier_and_helps_nvfp4():
+def test_hadamard_spreads_an_outlier():
     x = np.zeros(16, np.float32)
     x[3] = 64.0
     assert np.abs(np.asarray(random_hadamard(x, 0))).tolist() == [16.0] * 16
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2000, 16)).astype(np.float32)
     x[np.arange(2000), rng.integers(0, 16, 2000)] = 40.0  # one outlier per block
-    direct = np.asarray(quantize_blocks(x, "nvfp4"))
-    y = random_hadamard(x, 11)
-    via_rht = np.asarray(inverse_random_hadamard(quantize_blocks(y, "nvfp4"), 11))
-    mask = np.abs(x) < 40  # the ordinary values, which the outlier pushes toward zero
-    err_direct = np.mean((direct - x)[mask] ** 2)
-    err_rht = np.mean((via_rht - x)[mask] ** 2)
-    assert err_rht < 0.5 * err_direct
+    y = np.asarray(random_hadamard(x, 11))
+    crest = lambda v: np.abs(v).max(-1) / np.sqrt((v**2).mean(-1))  # noqa: E731
+    assert crest(x).mean() > 3.5 and crest(y).mean() < 2.0
+    # in NVFP4 the outlier sets the block scale: most ordinary values become zero ...
+    assert float(np.mean(block_stats(x, "nvfp4").underflow)) > 0.5
+    # ... after the transform almost none do (the error is spread over the block)
+    assert float(np.mean(block_stats(y, "nvfp4").underflow)) < 0.05
+    back = np.asarray(inverse_random_hadamard(quantize_blocks(y, "nvfp4"), 11))
+    assert np.abs(back - x).max() < 6.0  # E2M1 steps of ~1 at |y| ~ 10, spread back
 
 
 @pytest.mark.parametrize(
