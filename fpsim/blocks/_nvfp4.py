@@ -34,9 +34,14 @@ _MIN_SCALE = 2.0**-6
 
 
 def _div(a, b):
-    """``a / b`` for finite float32 ``b > 0`` normal after scaling; exact rounding."""
+    """``a / b`` for float32 ``a >= 0`` and a finite scalar ``b > 0``, rounded once.
+
+    Both are multiplied by ``2**j`` that brings ``b`` to [1, 2): the quotient does not
+    change and the divisor is normal. A numerator that stays below 2**-126 may flush
+    to zero: the quotient is then below 2**-126 and is clipped to 2**-6 by the caller.
+    """
     j = -_f32.floor_log2(_f32.bits(b) & jnp.uint32(0x7FFFFFFF))
-    return _f32.ldexp(a, j) / _f32.ldexp(b, j)
+    return _f32.scale_pow2(a, _f32.pow2_pair(j)) / _f32.ldexp(b, j)
 
 
 def scales(xb):
