@@ -3,7 +3,10 @@
 A block-scaled tensor stores narrow elements and one scale per block of consecutive
 elements; see :mod:`fpsim.blocks._format` for the formats and :mod:`fpsim.blocks._mx`
 and :mod:`fpsim.blocks._nvfp4` for how scales are chosen and where the reference
-implementations (torchao, gfloat, ml_dtypes, Transformer Engine) disagree.
+implementations (torchao, gfloat, ml_dtypes, Transformer Engine) disagree. Also here:
+2-D tiles and float32 scales (DeepSeek-V3's FP8 blocks, per-tensor current scaling:
+:mod:`fpsim.blocks._fp32scale`), per-block statistics (:func:`block_stats`) and the
+random Hadamard transform of NVFP4 training (:func:`random_hadamard`).
 
 >>> import numpy as np
 >>> from fpsim.blocks import MXFP4, quantize_blocks

@@ -1,9 +1,11 @@
 """``quantize_blocks``, ``encode_blocks``, ``decode_blocks``: the public entry points.
 
-Blocks are consecutive runs of ``block_size`` elements along ``axis``. The axis length
-must be a multiple of the block size (as torchao requires): a trailing partial block is
-a clear error, not silently padded; pad with zeros yourself (zeros never change a
-block's amax) if that is what you mean.
+Blocks are consecutive runs of ``block_size`` elements along ``axis``, or tiles of
+``block_shape`` over a pair of axes, or the whole tensor (``per_tensor``). The axis
+lengths must be multiples of the block's (as torchao requires): a trailing partial block
+is a clear error, not silently padded; pad with zeros yourself (zeros never change a
+block's amax) if that is what you mean. For float32-scale formats ``BlockCodes.scales``
+holds the float32 scales themselves.
 """
 
 from __future__ import annotations
