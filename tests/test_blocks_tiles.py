@@ -15,6 +15,7 @@ from fpsim.blocks import (
     NVFP4_16x16,
     decode_blocks,
     encode_blocks,
+    get_block_format,
     quantize_blocks,
 )
 
@@ -119,3 +120,13 @@ def test_nvfp4_16x16_weight_tiles():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_tile_format_fields():
+    assert FP8_BLOCK_128x128.block_size == 16384 and FP8_BLOCK_128x128.block_shape == (
+        128,
+        128,
+    )
+    assert FP8_BLOCK_1x128.bits_per_element == 8.25 and FP8_TENSOR.bits_per_element == 8.0
+    assert NVFP4_16x16.bits_per_element == 4 + 8 / 256
+    assert get_block_format("fp8_block_128x128") is FP8_BLOCK_128x128

@@ -116,7 +116,10 @@ class BlockFormat:
 
     @property
     def bits_per_element(self) -> float:
-        """Storage per element: element bits + scale bits / block_size."""
+        """Storage per element: element bits + scale bits / block_size (per tensor: the
+        element bits; the one scale is not counted)."""
+        if self.per_tensor:
+            return float(self.element_bits)
         return self.element_bits + self.scale.bits / self.block_size
 
     def __str__(self) -> str:
