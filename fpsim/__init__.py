@@ -76,6 +76,28 @@ _NAMES: dict[str, str] = {
     "FLOAT32_OPS": "fpsim.numerics",
     "quantizer": "fpsim.numerics",
     "fake_quant": "fpsim.numerics",
+    # block-scaled formats (OCP MX, NVFP4, FP8 with per-tile scales)
+    "E8M0": "fpsim.formats",
+    **{
+        name: "fpsim.blocks"
+        for name in (
+            "BlockFormat",
+            "BlockCodes",
+            "BlockStats",
+            "MXFP8_E4M3",
+            "MXFP8_E5M2",
+            "MXFP6_E3M2",
+            "MXFP6_E2M3",
+            "MXFP4",
+            "MXINT8",
+            "NVFP4",
+            "get_block_format",
+            "quantize_blocks",
+            "encode_blocks",
+            "decode_blocks",
+            "block_stats",
+        )
+    },  # fmt: skip
     # models of tensor-core accumulators
     "AccumulatorModel": "fpsim.numerics",
     "ACCUMULATOR_PRESETS": "fpsim.numerics",
@@ -86,7 +108,8 @@ _NAMES: dict[str, str] = {
 
 #: Subpackages, loaded as attributes on first use (``fpsim.nn``, ``fpsim.plot``, ...).
 _SUBMODULES = (
-    "cli", "comm", "nn", "numerics", "optim", "plot", "reference", "scaling", "showcase",
+    "blocks", "cli", "comm", "nn", "numerics", "optim", "plot", "reference", "scaling",
+    "showcase",
     "stats",
 )  # fmt: skip
 
@@ -109,6 +132,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; the same table as _NAMES
     from fpsim import (
+        blocks,
         cli,
         comm,
         nn,
@@ -119,6 +143,23 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same table as _NAMES
         scaling,
         showcase,
         stats,
+    )
+    from fpsim.blocks import (
+        MXFP4,
+        MXFP6_E2M3,
+        MXFP6_E3M2,
+        MXFP8_E4M3,
+        MXFP8_E5M2,
+        MXINT8,
+        NVFP4,
+        BlockCodes,
+        BlockFormat,
+        BlockStats,
+        block_stats,
+        decode_blocks,
+        encode_blocks,
+        get_block_format,
+        quantize_blocks,
     )
     from fpsim.codec import all_values, code_dtype, decode, encode
     from fpsim.formats import (
@@ -134,6 +175,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same table as _NAMES
         E4M3FNUZ,
         E5M2,
         E5M2FNUZ,
+        E8M0,
         FORMATS,
         FP4_E2M1,
         FP6_E2M3,

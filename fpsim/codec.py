@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpsim import _bits
+from fpsim import _bits, _e8m0
 from fpsim.formats import Format, get_format
 from fpsim.rounding import FormatLike, Rounding, nan_payload_kept, quantize
 
@@ -88,6 +88,8 @@ def encode(
       '0x3c00'
     """
     fmt = get_format(fmt)
+    if fmt.convention == "fnu":  # E8M0: no sign, no mantissa (see fpsim._e8m0)
+        return _e8m0.encode(quantize(x, fmt, rounding, **quantize_kwargs), fmt)
     return _encode_f32(quantize(x, fmt, rounding, **quantize_kwargs), fmt)
 
 
@@ -152,6 +154,8 @@ def decode(bits: jax.typing.ArrayLike, fmt: FormatLike) -> jax.Array:
                 f"bit pattern {bad:#x} does not fit in {fmt.name}'s {fmt.bits} bits "
                 f"(valid: 0x0 .. {(1 << fmt.bits) - 1:#x})"
             )
+    if fmt.convention == "fnu":  # E8M0: every code a power of two (see fpsim._e8m0)
+        return _e8m0.decode(jnp.asarray(bits), fmt)
     return _decode(jnp.asarray(bits), fmt)
 
 

@@ -12,8 +12,8 @@ fixes how many bits store each part:
 * Field value ``e = 0`` means a *subnormal* number ``2**(1 - bias) * 0.mmm``: no implicit
   1, so the numbers keep the same spacing all the way down to zero (gradual underflow).
 
-Formats differ in what the top of the code space means. fpsim knows four conventions,
-which are the four ml_dtypes uses:
+Formats differ in what the top of the code space means. fpsim knows five conventions,
+which are the five ml_dtypes uses:
 
 ``"ieee"``
     IEEE 754 (FP32, FP16, BF16, E5M2, ml_dtypes' ``float8_e4m3``): the all-ones exponent
@@ -27,6 +27,11 @@ which are the four ml_dtypes uses:
 ``"none"``
     No special values at all (OCP MX element types FP6 and FP4): every pattern is a
     number. Overflow and infinities clamp to +-max; NaN has nowhere to go and becomes 0.
+``"fnu"``
+    "finite, NaN, unsigned" (OCP MX's scale type E8M0, ml_dtypes' ``float8_e8m0fnu``):
+    no sign bit, no mantissa, no zero, no inf, no subnormals. Every code ``e`` is the
+    power of two ``2**(e - bias)``, field 0 included (``2**-127``); all ones is NaN.
+    It only scales other numbers, so zero, negative and infinite inputs become NaN.
 
 This module is plain Python: no JAX, so it can be imported and read anywhere.
 """
@@ -37,13 +42,13 @@ import dataclasses
 import math
 from typing import Literal
 
-Convention = Literal["ieee", "fn", "fnuz", "none"]
-CONVENTIONS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none")
+Convention = Literal["ieee", "fn", "fnuz", "none", "fnu"]
+CONVENTIONS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none", "fnu")
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-    """A binary floating-point format with a sign bit.
+    """A binary floating-point format (with a sign bit, except "fnu" scale formats).
 
     Frozen and hashable, so it can be a static argument of ``jax.jit`` and a key of a
     cache. Every derived number (``max``, ``eps``, ...) is a property computed exactly
@@ -90,7 +95,14 @@ class Format:
             raise ValueError("an 'fn' format needs at least 2 exponent+mantissa bits")
         if self.convention == "ieee" and self.mantissa_bits < 1:
             raise ValueError("an 'ieee' format needs a mantissa bit to encode NaN")
-        if self.emin < -126 or self.emax > 127:
+        if self.convention == "fnu" and self.mantissa_bits != 0:
+            raise ValueError(
+                "the 'fnu' convention is for exponent-only scale formats (E8M0): "
+                f"mantissa_bits must be 0, got {self.mantissa_bits}"
+            )
+        # an "fnu" format's lowest code is 2**-bias; float32 holds 2**-127 (subnormal)
+        lowest = -127 if self.convention == "fnu" else -126
+        if self.emin < lowest or self.emax > 127:
             raise ValueError(
                 f"{self.name}: normal exponents {self.emin}..{self.emax} do not fit in "
                 "float32's -126..127 (fpsim computes in float32); choose a bias <= 127 "
@@ -100,8 +112,9 @@ class Format:
     # --- the layout -------------------------------------------------------------------
     @property
     def bits(self) -> int:
-        """Total width: sign + exponent + mantissa."""
-        return 1 + self.exponent_bits + self.mantissa_bits
+        """Total width: sign + exponent + mantissa (no sign bit in ``"fnu"`` formats)."""
+        sign = 0 if self.convention == "fnu" else 1
+        return sign + self.exponent_bits + self.mantissa_bits
 
     @property
     def has_inf(self) -> bool:
@@ -115,15 +128,17 @@ class Format:
 
     @property
     def emin(self) -> int:
-        """Exponent of the smallest normal number: ``1 - bias``."""
+        """Exponent of the smallest normal number: ``1 - bias`` (``-bias`` for "fnu")."""
+        if self.convention == "fnu":
+            return -self.bias  # field 0 is a number, 2**-bias, not the subnormal binade
         return 1 - self.bias
 
     @property
     def emax(self) -> int:
         """Exponent of the largest finite number."""
         top = 2**self.exponent_bits - 1
-        if self.convention == "ieee":
-            top -= 1  # the all-ones exponent holds inf and NaN
+        if self.convention in ("ieee", "fnu"):
+            top -= 1  # the all-ones exponent holds inf and NaN (in "fnu": NaN)
         elif self.convention == "fn" and self.mantissa_bits == 0:
             top -= 1  # S.111 is the only pattern there, and it is NaN
         return top - self.bias
@@ -171,7 +186,13 @@ class Format:
     @property
     def num_values(self) -> int:
         """Number of bit patterns that are numbers (NaN patterns excluded, -0 included)."""
-        nans = {"ieee": 2 * (2**self.mantissa_bits - 1), "fn": 2, "fnuz": 1, "none": 0}
+        nans = {
+            "ieee": 2 * (2**self.mantissa_bits - 1),
+            "fn": 2,
+            "fnuz": 1,
+            "none": 0,
+            "fnu": 1,
+        }
         return 2**self.bits - nans[self.convention]
 
     @property
@@ -226,6 +247,8 @@ E2M1 = _fmt("e2m1", 2, 1, "none")
 E4M3_SAT = _fmt("e4m3_sat", 4, 3, "none")
 
 FP6_E2M3, FP6_E3M2, FP4_E2M1 = E2M3, E3M2, E2M1
+#: OCP MX's shared block scale: an unsigned power of two 2**-127 .. 2**127, 0xFF = NaN.
+E8M0 = Format("e8m0", 8, 0, bias=127, convention="fnu")
 
 _DTYPE_NAMES: dict[Format, str] = {
     FP32: "float32",
@@ -241,6 +264,7 @@ _DTYPE_NAMES: dict[Format, str] = {
     E2M3: "float6_e2m3fn",
     E3M2: "float6_e3m2fn",
     E2M1: "float4_e2m1fn",
+    E8M0: "float8_e8m0fnu",
 }
 
 #: Every predefined format, widest first.
@@ -249,7 +273,7 @@ FORMATS: tuple[Format, ...] = (
     E4M3_IEEE, E3M4, E4M3_SAT, E2M3, E3M2, E2M1,
 )  # fmt: skip
 
-_ALIASES: dict[str, Format] = {f.name: f for f in FORMATS}
+_ALIASES: dict[str, Format] = {f.name: f for f in (*FORMATS, E8M0)}
 _ALIASES.update({name: f for f, name in _DTYPE_NAMES.items()})
 _ALIASES.update(
     {

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpsim import _bits, _keys
+from fpsim import _bits, _e8m0, _keys
 from fpsim._modes import MODE_NAMES, RoundingMode, get_mode
 from fpsim.formats import Format, get_format
 
@@ -440,6 +440,8 @@ def quantize(
     """
     fmt = get_format(fmt)
     mode = get_mode(rounding)
+    if fmt.convention == "fnu":  # E8M0, the exponent-only scale type: its own rules
+        return _e8m0.quantize(as_float_array(x), fmt, rounding, saturate=saturate)
     x64 = jax.config.jax_enable_x64
     if random_bits is not None:
         wide = x64 and (isinstance(x, float) or getattr(x, "dtype", None) == np.float64)

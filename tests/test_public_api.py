@@ -21,12 +21,17 @@ TOP_LEVEL = {
     "lp_sum", "lp_dot", "lp_matmul", "lp_dot_general", "ORDERS", "emulate", "Emulated",
     "EmulationPolicy", "EmulationReport", "Accumulation", "FLOAT32_OPS", "quantizer",
     "fake_quant",
+    # block-scaled formats
+    "E8M0", "BlockFormat", "BlockCodes", "BlockStats", "MXFP8_E4M3", "MXFP8_E5M2",
+    "MXFP6_E3M2", "MXFP6_E2M3", "MXFP4", "MXINT8", "NVFP4", "get_block_format",
+    "quantize_blocks", "encode_blocks", "decode_blocks", "block_stats",
     # tensor-core accumulator models
     "AccumulatorModel", "ACCUMULATOR_PRESETS", "get_accumulator", "tc_dot_general",
     "tc_matmul",
 }  # fmt: skip
 SUBPACKAGES = {
-    "cli", "comm", "nn", "numerics", "optim", "plot", "reference", "scaling", "showcase",
+    "blocks", "cli", "comm", "nn", "numerics", "optim", "plot", "reference", "scaling",
+    "showcase",
     "stats",
 }  # fmt: skip
 

@@ -106,6 +106,12 @@ def _cmd_explain(args) -> int:
         print(explain_all(value, wide=args.wide))
         return 0
     fmt = get_format("fp16" if args.format is None else args.format)
+    if fmt.convention == "fnu":  # E8M0: no sign, no zero; its own rounding rules
+        raise CliError(
+            f"{fmt.name} is the exponent-only scale type of the MX formats: explain does "
+            "not cover it yet (its rules are in fpsim._e8m0's docstring); "
+            "use fpsim.quantize or fpsim.encode"
+        )
     print(explain(value, fmt))
     return 0
 
