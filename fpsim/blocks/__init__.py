@@ -15,7 +15,11 @@ random Hadamard transform of NVFP4 training (:func:`random_hadamard`).
 [0.0, 0.0, 0.5, 4.0]
 """
 
-from fpsim.blocks._api import BlockCodes, decode_blocks, encode_blocks, quantize_blocks
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from fpsim.blocks._format import (
     BLOCK_FORMATS,
     FP8_TENSOR,
@@ -37,9 +41,41 @@ from fpsim.blocks._format import (
     block_format_names,
     get_block_format,
 )
-from fpsim.blocks._hadamard import hadamard_matrix, inverse_random_hadamard, random_hadamard
-from fpsim.blocks._stats import EXPONENTS, BlockStats, block_stats
 from fpsim.formats import E8M0
+
+# What computes (and so imports JAX) loads on first use: the formats above are plain
+# Python, so `fpsim formats` can list them without starting JAX.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("BlockCodes", "decode_blocks", "encode_blocks", "quantize_blocks"), "_api"
+    ),
+    **dict.fromkeys(
+        ("hadamard_matrix", "inverse_random_hadamard", "random_hadamard"), "_hadamard"
+    ),
+    **dict.fromkeys(("EXPONENTS", "BlockStats", "block_stats"), "_stats"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"fpsim.blocks.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fpsim.blocks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from fpsim.blocks._api import BlockCodes, decode_blocks, encode_blocks, quantize_blocks
+    from fpsim.blocks._hadamard import (
+        hadamard_matrix,
+        inverse_random_hadamard,
+        random_hadamard,
+    )
+    from fpsim.blocks._stats import EXPONENTS, BlockStats, block_stats
 
 __all__ = [
     "BLOCK_FORMATS", "E8M0", "EXPONENTS", "FP32_SCALE_MODES", "FP8_BLOCK_1x128",

@@ -97,7 +97,30 @@ def formats_table(formats=FORMATS, wide: bool = False) -> str:
         lines.append(
             "fpsim formats --wide adds the range in binades and the ml_dtypes type."
         )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *block_formats_table()])
+
+
+def block_formats_table() -> list[str]:
+    """The block-scaled formats, with their storage cost per element."""
+    from fpsim.blocks._format import BLOCK_FORMATS, TILE_FORMATS  # no JAX there
+
+    cols = (
+        f"{'block format':<18}{'element':<9}{'block':<9}{'scale':<7}{'mode':<7}bits/element"
+    )
+    lines = [cols, "-" * len(cols)]
+    for b in BLOCK_FORMATS + TILE_FORMATS:
+        block = "x".join(map(str, b.block_shape)) if b.block_shape else str(b.block_size)
+        block = "tensor" if b.per_tensor else block
+        extra = " + an FP32 tensor scale" if b.tensor_scale else ""
+        lines.append(
+            f"{b.name:<18}{str(b.element):<9}{block:<9}{b.scale.name:<7}"
+            f"{b.scale_mode if b.scale.name != 'e4m3' else '-':<7}"
+            f"{b.bits_per_element:g}{extra}"
+        )
+    lines.append(
+        "bits/element: element bits + scale bits / block size (fpsim.get_block_format)."
+    )
+    return lines
 
 
 def _cmd_explain(args) -> int:
