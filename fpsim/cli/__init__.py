@@ -39,13 +39,14 @@ _CONVENTION_SHORT = {
 DEMO_HELP = {
     "which": "mlp: an MLP on scikit-learn's digits in five formats (the default); lm: a "
     "character-level transformer on Shakespeare, one run per training recipe",
-    "steps": "training steps per run (default 600, or 150 with --fast; lm: 300, or 60 "
+    "steps": "training steps per run (default 600, or 150 with --fast; lm: 300, or 80 "
     "with --fast)",
     "seed": "random seed for the data split, the weights and the batches, an integer "
     "from 0 to 2^32 - 1 (default 0)",
     "outdir": "directory for the demo's PNG figures; created if missing, checked "
     "before any training (default fpsim-demo; lm: fpsim-demo-lm)",
-    "fast": "a quick run: 150 steps (lm: 60) unless --steps is given (default off)",
+    "fast": "a quick run: 150 steps unless --steps is given (lm: one block, 80 steps) "
+    "(default off)",
 }
 
 
