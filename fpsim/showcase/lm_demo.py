@@ -451,6 +451,11 @@ def final_loss(r: RunResult) -> float:
     return float(np.mean(_tail(r.loss, 10)))
 
 
+def _share(x: float) -> str:
+    """A share for the table: a percentage, or scientific notation when tiny."""
+    return "0" if x == 0 else f"{x:.2%}" if x >= 1e-4 else f"{x:.1e}"
+
+
 def summary_table(results, entropy: float | None = None) -> str:
     """The table ``fpsim demo lm`` prints."""
     entropy = unigram_entropy(corpus().train) if entropy is None else entropy
@@ -467,7 +472,7 @@ def summary_table(results, entropy: float | None = None) -> str:
         lines.append(
             f"{r.name:24} {final_loss(r):6.3f} {r.held_out_loss:8.3f} {ppl:6.2f} "
             f"{ratio:6.2f}x {np.mean(_tail(r.grads_lost, 4)):10.2%} "
-            f"{np.mean(_tail(r.saturated_all, 4)):9.3%} {int((~r.finite).sum()):7d} "
+            f"{_share(np.mean(_tail(r.saturated_all, 4))):>9} {int((~r.finite).sum()):7d} "
             f"{r.seconds:5.1f}s"
         )
     lines += [
@@ -525,8 +530,12 @@ def _heatmaps(results, field: str, label: str, title: str, empty: str):
     rows = len(getattr(shown[0], field))
     fig, axes = new_figure((9, (0.22 * rows + 1.6) * len(shown)), rows=len(shown))
     for ax, r in zip(axes, shown, strict=True):
+        top = max(float(np.max(v)) for v in getattr(r, field).values())
         fpsim.plot.underflow_heatmap(
-            getattr(r, field), ax=ax, label=label, title=f"{r.name}: {title}"
+            getattr(r, field),
+            ax=ax,
+            label=label,
+            title=f"{r.name}: {title} (colours up to {_share(top)})",
         )
         ax.tick_params(axis="y", labelsize=7)
     return fig
