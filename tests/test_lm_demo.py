@@ -9,8 +9,8 @@ from fpsim.cli import build_parser, main
 from fpsim.showcase import lm_demo as demo
 
 TINY = demo.LMConfig(
-    depth=1, width=32, heads=2, context=16, batch=8, steps=30, eval_windows=8
-)
+    depth=1, width=32, heads=2, context=16, batch=32, steps=30, eval_windows=8
+)  # 512 predictions per step: each logit's gradient is (p - onehot) / 512
 RUNS = tuple(
     r for r in demo.RUNS if r.name in ("float32", "fp16 (no loss scaling)",
                                        "fp16 + loss scaling")
@@ -52,8 +52,9 @@ def test_float32_learns_from_context(results):
 def test_loss_scaling_saves_the_gradients_fp16_flushes(results):
     pure = results["fp16 (no loss scaling)"]
     scaled = results["fp16 + loss scaling"]
-    assert pure.grads_lost.mean() > 0.05  # (p - onehot) / N underflows FP16
-    assert pure.grads_lost.mean() > 5 * scaled.grads_lost.mean()
+    assert pure.grads_lost.mean() > 1e-4  # (p - onehot) / N underflows FP16
+    assert (np.diff(pure.grads_lost) != 0).any()  # measured each step, not a constant
+    assert scaled.grads_lost.mean() < 0.1 * pure.grads_lost.mean()
     assert scaled.loss_scale[0] == 2.0**16  # GradScaler's initial scale
     assert (pure.loss_scale == 1).all()
     # per layer, the same basis: some layer loses more than the whole network
