@@ -29,38 +29,51 @@ through the softmax's Jacobian and are smaller still; the residual stream's (the
 gradients of ``attn/out`` and ``mlp_out``) are not. FP8's E5M2 (smallest subnormal
 ``2**-16`` = 1.5e-5) loses far more without a scale.
 
-Measured (``fpsim demo lm --fast``, seed 0: one block, 80 steps of 16 x 64
-characters; "lost" is the share of the *nonzero* activation-gradient values that the
-backward pass flushed to zero, all layers pooled):
+Measured (``fpsim demo lm``, seed 0: two blocks, 300 steps of 16 x 64 characters;
+"lost" is the share of the *nonzero* activation-gradient values that the backward pass
+flushed to zero, all layers pooled, mean over the last quarter of the steps; "ppl" the
+held-out perplexity; the character frequencies alone give 3.313 nats, ppl 27.5):
 
-* ``float32`` and ``bf16``: nothing lost (BF16 has float32's exponent range);
-  held-out loss 2.625 both (perplexity 13.8; the character frequencies alone give
-  3.313, perplexity 27.5).
-* ``fp16 (no loss scaling)``: lost grows as the predictions sharpen, 0.17% at step 0
-  to 0.98% at the end; per layer up to 2.2% (``mlp_in``, ``head``), 0.8-1.4% in
-  query/key/value, none in the residual stream, the embeddings and the norms. With
-  Adam (which rescales every weight's update) losing the smallest 1% does not yet
-  cost loss at this size: held-out 2.624. The loss is what it costs; the heat map
-  shows where it will grow (longer training, larger ``N``).
-* ``fp16 + loss scaling``: GradScaler's 2**16 lifts the same gradients into range: lost
-  0 (at most 1.3e-4 of one layer at one step), no overflow, no skipped step.
-* ``fp8 delayed scaling`` (E4M3 forward, E5M2 gradients, Transformer Engine's
-  amax-history scales): step 0 runs with scale 1 (empty history) and loses 17.6%
-  (40% of ``head`` and ``mlp_in``); from step 1 on the scales (gradients about 2**26,
-  inputs about 2**6.6, see ``lm_scale_exponents.png``) lose nothing, and now and then
-  a value saturates at the delayed scale's max (at most 2e-5 of a layer's values).
-  Held-out 2.622, as float32.
-* ``fp8 naive`` (the same casts, no scales): E5M2 flushes 18% of the gradients at step
-  0 and 56% by step 80 (92% of ``mlp_in``'s, 75% of query/key/value's); training
-  stalls and then drifts up: training loss 2.68 against 2.54, held-out 2.785
-  (perplexity 16.2, 1.17x float32's). The recipe fails for the reason E5M2's range
-  gives, not for a bug: the curve follows float32's while little is lost and leaves
-  it as the share lost grows.
+=======================  ========  =====  =======  ========================================
+run                      held out  ppl    lost     what happened
+=======================  ========  =====  =======  ========================================
+float32                  2.319     10.17  0        the reference
+bf16                     2.345     10.44  0        float32's range: nothing flushes; 8 bits
+                                                   cost 0.03 nats by step 300
+fp16 (no loss scaling)   2.356     10.55  4.4%     grows as predictions sharpen (0.3% at
+                                                   step 0); 15-19% of block1's query, key,
+                                                   value and of the head's gradients; none
+                                                   in the residual stream or the norms
+fp16 + loss scaling      2.343     10.41  0.06%    the same pure-FP16 casts; GradScaler's
+                                                   2**16 (grown to 2**18, no step skipped)
+                                                   lifts the gradients into range
+fp8 delayed scaling      2.360     10.59  0.03%    25% lost at step 0 (scale 1 while the
+                                                   amax history is empty), then scales of
+                                                   about 2**26 (gradients) and 2**6.6
+                                                   (inputs) keep them; a few values per
+                                                   million saturate
+fp8 naive                3.284     26.69  70%      E5M2's smallest subnormal is 2**-16:
+                                                   every Dense layer's gradient flushes
+                                                   (100% by step ~50); only the float32
+                                                   embeddings and norms still learn
+=======================  ========  =====  =======  ========================================
 
-Time: the fast run used 156 s of CPU in all (both cores of a shared machine,
-contended: 8.6 minutes of wall time there); most of it is tracing and compiling each
-run's step (the simulated formats, the per-layer statistics), about 20 s of CPU per
-run, then 0.1-0.25 s per step. On an idle 2-core laptop that is about 2.5 minutes.
+So: pure FP16 without loss scaling loses 4% of its gradients, most in the attention
+projections of the top block, and ends 0.013 nats behind the same casts with loss
+scaling (a small cost with Adam, which rescales every weight's update, but one that
+grows as the predictions sharpen; both lose 0.02-0.03 nats to float32 by rounding
+everything, weights included, to FP16). FP8 without scales stalls at step ~20 near
+the loss of a context-free model (training loss 3.13-3.23 from step 50 on): the
+recipe fails for the reason E5M2's range gives, not for a bug. With ``--fast`` (one
+block, 80 steps) the same picture is weaker: fp16 without loss scaling loses 1.0%
+and matches float32's loss; fp8 naive loses 56% and ends at 2.785 against 2.625.
+
+Time: the default run used 464 s of CPU (7.7 minutes) and ``--fast`` 156 s, measured
+on a 2-core machine shared with other jobs (22 and 8.6 minutes of wall time there), so
+an idle 2-core laptop takes about as long as the CPU time. About 20 s of CPU per run
+is tracing and compiling its step (the simulated formats and the per-layer
+statistics); a step then takes 0.1-0.25 s (more with more recipes: plan the run
+list's length with that).
 
 Adding a run is one entry of :data:`RUNS` (a :class:`RunSpec`): a name, a policy
 preset of :mod:`fpsim.nn` (or a :class:`fpsim.nn.Policy`), whether to use dynamic loss
