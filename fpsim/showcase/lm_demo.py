@@ -41,7 +41,7 @@ float32                  2.319     10.17  0        the reference
 bf16                     2.345     10.44  0        float32's range: nothing flushes; 8 bits
                                                    cost 0.03 nats by step 300
 fp16 (no loss scaling)   2.356     10.55  4.4%     grows as predictions sharpen (0.3% at
-                                                   step 0); 15-19% of block1's query, key,
+                                                   step 0); 14-19% of block1's query, key,
                                                    value and of the head's gradients; none
                                                    in the residual stream or the norms
 fp16 + loss scaling      2.343     10.41  0.06%    the same pure-FP16 casts; GradScaler's
@@ -53,7 +53,7 @@ fp8 delayed scaling      2.360     10.59  0.03%    25% lost at step 0 (scale 1 w
                                                    (inputs) keep them; a few values per
                                                    million saturate
 fp8 naive                3.284     26.69  70%      E5M2's smallest subnormal is 2**-16:
-                                                   every Dense layer's gradient flushes
+                                                   every matrix layer's gradient flushes
                                                    (100% by step ~50); only the float32
                                                    embeddings and norms still learn
 =======================  ========  =====  =======  ========================================
@@ -63,7 +63,7 @@ projections of the top block, and ends 0.013 nats behind the same casts with los
 scaling (a small cost with Adam, which rescales every weight's update, but one that
 grows as the predictions sharpen; both lose 0.02-0.03 nats to float32 by rounding
 everything, weights included, to FP16). FP8 without scales stalls at step ~20 near
-the loss of a context-free model (training loss 3.13-3.23 from step 50 on): the
+the loss of a context-free model (training loss 3.1-3.25 from step 50 on): the
 recipe fails for the reason E5M2's range gives, not for a bug. With ``--fast`` (one
 block, 80 steps) the same picture is weaker: fp16 without loss scaling loses 1.0%
 and matches float32's loss; fp8 naive loses 56% and ends at 2.785 against 2.625.
