@@ -6,6 +6,7 @@
     fpsim formats                       # the table of predefined formats
     fpsim figures --outdir figures      # regenerate the figures
     fpsim demo --fast                   # train a small model in several formats
+    fpsim demo lm --fast                # a small language model, one run per recipe
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for bad input or output that
 cannot be written (one line on stderr, no traceback). ``explain`` and ``formats``
@@ -36,12 +37,16 @@ _CONVENTION_SHORT = {
     "none": "none",
 }
 DEMO_HELP = {
-    "steps": "training steps per run (default 600, or 150 with --fast)",
+    "which": "mlp: an MLP on scikit-learn's digits in five formats (the default); lm: a "
+    "character-level transformer on Shakespeare, one run per training recipe",
+    "steps": "training steps per run (default 600, or 150 with --fast; lm: 300, or 80 "
+    "with --fast)",
     "seed": "random seed for the data split, the weights and the batches, an integer "
     "from 0 to 2^32 - 1 (default 0)",
-    "outdir": "directory for the demo's four PNG figures; created if missing, checked "
-    "before any training (default fpsim-demo)",
-    "fast": "a quick run: 150 steps unless --steps is given (default off)",
+    "outdir": "directory for the demo's PNG figures; created if missing, checked "
+    "before any training (default fpsim-demo; lm: fpsim-demo-lm)",
+    "fast": "a quick run: 150 steps unless --steps is given (lm: one block, 80 steps) "
+    "(default off)",
 }
 
 
@@ -153,10 +158,13 @@ def _cmd_figures(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from fpsim.showcase import mlp_demo
+    if args.which == "lm":
+        from fpsim.showcase import lm_demo as demo
+    else:
+        from fpsim.showcase import mlp_demo as demo
 
-    return int(mlp_demo.run(steps=args.steps, seed=args.seed, outdir=args.outdir,
-                            fast=args.fast) or 0)  # fmt: skip
+    return int(demo.run(steps=args.steps, seed=args.seed, outdir=args.outdir,
+                        fast=args.fast) or 0)  # fmt: skip
 
 
 def _seed(text: str) -> int:
@@ -221,9 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="train a small model in several formats",
-        description="Train a 64-128-128-128-10 MLP on scikit-learn's digits five ways "
-        "(float32, pure FP16, FP16 with loss scaling, BF16, FP8), print a table and "
-        "write four figures.",
+        description="mlp (the default): train a 64-128-128-128-10 MLP on scikit-learn's "
+        "digits five ways (float32, pure FP16, FP16 with loss scaling, BF16, FP8), print "
+        "a table and write four figures. lm: train a small character-level transformer "
+        "on Shakespeare once per training recipe (float32, BF16, FP16 with and without "
+        "loss scaling, FP8 with and without scaling), print a table and write figures.",
+    )
+    p.add_argument(
+        "which", nargs="?", choices=("mlp", "lm"), default="mlp", help=DEMO_HELP["which"]
     )
     p.add_argument("--steps", type=_steps, default=None, help=DEMO_HELP["steps"])
     p.add_argument("--seed", type=_seed, default=0, help=DEMO_HELP["seed"])
