@@ -4,6 +4,8 @@ Nothing in the library imports this package; it uses the library as a learner wo
 
 * ``fpsim.showcase.mlp_demo``: ``fpsim demo``, one MLP on the digits data trained in
   five number formats.
+* ``fpsim.showcase.lm_demo``: ``fpsim demo lm``, a character-level transformer on
+  Shakespeare trained under each precision recipe.
 * ``fpsim.showcase.figures``: ``fpsim figures``, every committed PNG, one function each.
 * ``fpsim.showcase.halp``: :func:`run_halp_least_squares`, HALP vs SVRG vs (LP-)SGD on
   least squares, the comparison lesson 10 draws.
@@ -21,7 +23,7 @@ _NAMES = {
     "write_figures": "fpsim.showcase.figures",
     "FIGURES": "fpsim.showcase.figures",
 }
-_SUBMODULES = ("figures", "halp", "mlp_demo")
+_SUBMODULES = ("figures", "halp", "lm_demo", "mlp_demo")
 
 __all__ = sorted(_NAMES)
 
@@ -39,6 +41,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from fpsim.showcase import figures, halp, mlp_demo
+    from fpsim.showcase import figures, halp, lm_demo, mlp_demo
     from fpsim.showcase.figures import FIGURES, write_figures
     from fpsim.showcase.halp import run_halp_least_squares
