@@ -272,7 +272,7 @@ def figures(results) -> dict[str, Any]:
     fpsim.plot.underflow_heatmap(
         rows,
         ax=ax,
-        label="share of the layer's output gradient\nflushed to zero",
+        label="share of the layer's nonzero output-\ngradient values flushed to zero",
         title="Pure FP16, no loss scaling: gradients lost per layer as training converges",
     )
     out["demo_underflow_per_layer.png"] = fig
