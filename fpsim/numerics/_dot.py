@@ -42,7 +42,7 @@ def _fmt(f: FormatLike | None) -> Format | None:
     return None if f is None else get_format(f)
 
 
-def _canonical(lhs, rhs, dimension_numbers):
+def canonical_operands(lhs, rhs, dimension_numbers):
     """Transpose and reshape to ``(B, M, K)`` and ``(B, K, N)``; return the out shape."""
     (lc, rc), (lb, rb) = dimension_numbers
     lf = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
@@ -129,7 +129,7 @@ def _lp_dot_general(lhs, rhs, key, dimension_numbers, inputs, products, accum, o
                               precision=lax.Precision.HIGHEST)  # fmt: skip
         out = round_to(out, accum, rounding, reduction_key(key, "native"))
         return round_to(out, output)
-    a, b, out_shape = _canonical(lhs, rhs, dimension_numbers)
+    a, b, out_shape = canonical_operands(lhs, rhs, dimension_numbers)
 
     def term(ab, i):  # the rounded products of contraction index i
         ak, bk = ab

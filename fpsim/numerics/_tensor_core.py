@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Literal
 
 import jax
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fpsim.formats import FP32, Format, get_format
+from fpsim.numerics._dot import canonical_operands as _canonical
 from fpsim.rounding import quantize
 
 Alignment = Literal["truncate", "nearest"]
@@ -364,20 +364,6 @@ def _fp32_add(x, y):
 # --------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------
-def _canonical(lhs, rhs, dimension_numbers):
-    """Transpose and reshape to ``(B, M, K)`` and ``(B, K, N)``; return the out shape."""
-    (lc, rc), (lb, rb) = dimension_numbers
-    lf = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
-    rf = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
-    batch = [lhs.shape[d] for d in lb]
-    m = [lhs.shape[d] for d in lf]
-    n = [rhs.shape[d] for d in rf]
-    k = math.prod(lhs.shape[d] for d in lc)
-    a = jnp.transpose(lhs, (*lb, *lf, *lc)).reshape(math.prod(batch), math.prod(m), k)
-    b = jnp.transpose(rhs, (*rb, *rc, *rf)).reshape(math.prod(batch), k, math.prod(n))
-    return a, b, (*batch, *m, *n)
-
-
 def _check_inputs(inputs: Format) -> None:
     if inputs.mantissa_bits + 1 > MAX_INPUT_BITS:
         raise ValueError(

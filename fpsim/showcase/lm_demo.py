@@ -539,12 +539,6 @@ def summary_table(results, entropy: float | None = None) -> str:
 # --------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------
-def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
-    c = np.cumsum(np.asarray(values, np.float64))
-    lagged = np.concatenate([np.zeros(window), c])[: len(c)]
-    return (c - lagged) / np.minimum(np.arange(1, len(c) + 1), window)
-
-
 def scale_exponents(r: RunResult) -> dict[str, np.ndarray]:
     """The scale exponents a run used, by kind of tensor (the histogram figure's data).
 
@@ -589,13 +583,14 @@ def figures(results) -> dict[str, Any]:
     """The demo's figures, by file name."""
     import fpsim.plot
     from fpsim.plot import new_figure
+    from fpsim.showcase.mlp_demo import running_mean
 
     out = {}
     entropy = unigram_entropy(corpus().train)
     fig, (ax,) = new_figure((8, 4.8))
     window = max(len(results[0].loss) // 20, 1)
     fpsim.plot.training_curves(
-        {r.name: _running_mean(r.loss, window) for r in results},
+        {r.name: running_mean(r.loss, window) for r in results},
         ax=ax,
         ylabel=f"training loss, nats/char (mean of {window} steps)",
         title="A character-level transformer on Shakespeare, one run per recipe",

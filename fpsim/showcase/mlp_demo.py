@@ -213,7 +213,7 @@ def summary_table(results) -> str:
     return "\n".join(lines)
 
 
-def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of the last ``window`` values at each step (fewer at the start)."""
     c = np.cumsum(np.asarray(values, np.float64))
     lagged = np.concatenate([np.zeros(window), c])[: len(c)]
@@ -245,7 +245,7 @@ def figures(results) -> dict[str, Any]:
     out = {}
     fig, (ax,) = new_figure((8, 4.5))
     fpsim.plot.training_curves(
-        {r.name: _running_mean(r.loss, 10) for r in results},
+        {r.name: running_mean(r.loss, 10) for r in results},
         ax=ax,
         logy=True,
         ylabel="training loss (mean of 10 steps)",
