@@ -9,6 +9,9 @@ Import this module explicitly (``import fpsim.plot``) or use ``fpsim.plot``: it 
 loaded on first use, so that ``import fpsim`` does not import matplotlib.
 """
 
+from fpsim.plot._blocks import BlockGrid as BlockGrid
+from fpsim.plot._blocks import block_plot as block_plot
+from fpsim.plot._blocks import block_plot_data as block_plot_data
 from fpsim.plot._histogram import BandFractions as BandFractions
 from fpsim.plot._histogram import band_fractions as band_fractions
 from fpsim.plot._histogram import range_histogram as range_histogram
@@ -46,9 +49,12 @@ __all__ = [
     "save",
     "style",
     "BandFractions",
+    "BlockGrid",
     "NumberLine",
     "Spacing",
     "band_fractions",
+    "block_plot",
+    "block_plot_data",
     "loss_scale_plot",
     "number_line",
     "number_line_data",
