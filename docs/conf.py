@@ -55,6 +55,7 @@ include_patterns = [
     "README.md",
     "lessons/*.md",
     "benchmarks/RESULTS.md",
+    "ARCHITECTURE.md",
     "docs/**",
 ]
 exclude_patterns = [

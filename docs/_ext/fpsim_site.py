@@ -50,6 +50,7 @@ lessons/[0-9]*
 :caption: Reference
 
 docs/api/index
+ARCHITECTURE
 benchmarks/RESULTS
 ```
 """
