@@ -1,6 +1,6 @@
 """Throughput of fpsim.quantize against XLA's native conversions and ml_dtypes.
 
-Run: python benchmarks/quantize.py [--log2n 24] [--repeats 9]
+Run: python benchmarks/quantize.py [--log2n 24] [--repeats 9] [--sr-only]
 
 Every figure is the median of --repeats timed runs after a warm-up, measured in this one
 run, so ratios compare like with like on whatever machine this is.
@@ -42,6 +42,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--log2n", type=int, default=24)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--sr-only", action="store_true", help="only the stochastic rounding")
     args = p.parse_args()
     n = 1 << args.log2n
     rng = np.random.default_rng(0)
@@ -53,7 +54,7 @@ def main() -> None:
     print(f"# jax {jax.__version__}, {platform.processor() or platform.machine()}")
     print(f"{'format':6} {'fpsim M/s':>10} {'native M/s':>11} {'fpsim/native':>13} "
           f"{'ml_dtypes M/s':>14}")  # fmt: skip
-    for name, (jdt, ndt) in NATIVE.items():
+    for name, (jdt, ndt) in ({} if args.sr_only else NATIVE).items():
         fmt = fpsim.get_format(name)
         ours = median_seconds(jax.jit(lambda v, f=fmt: fpsim.quantize(v, f)), x,
                               repeats=args.repeats)  # fmt: skip
@@ -81,7 +82,17 @@ def main() -> None:
         )  # fmt: skip
         label = "exact" if rb is None else f"random_bits={rb}"
         print(f"stochastic {label:13} {rate(sr):8.0f} M/s   "
-              f"{sr / (bits + nearest):.2f}x of (random bits + nearest)")  # fmt: skip
+              f"{sr / (bits + nearest):.2f}x of (random bits + nearest), "
+              f"{sr / nearest:.2f}x nearest")  # fmt: skip
+    for rb in (None, 8):  # the counter-based generator, computed inside the rounding
+        sr = median_seconds(
+            jax.jit(lambda v, k, rb=rb: fpsim.quantize(v, fpsim.BF16, "stochastic", key=k,
+                                                        random_bits=rb, rng="hash")),
+            x, key, repeats=args.repeats,
+        )  # fmt: skip
+        label = "exact" if rb is None else f"random_bits={rb}"
+        print(f"stochastic {label:13} {rate(sr):8.0f} M/s   rng='hash': "
+              f"{sr / nearest:.2f}x nearest")  # fmt: skip
 
 
 if __name__ == "__main__":

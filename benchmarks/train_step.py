@@ -1,6 +1,6 @@
 """Time per jitted training step under each fpsim.nn preset, relative to plain float32.
 
-Run: python benchmarks/train_step.py [--repeats 9] [--watch]
+Run: python benchmarks/train_step.py [--repeats 9] [--watch] [--model mlp|block|both]
 
 Two models: an MLP 784-1024-1024-10 at batch 256, and a transformer block (width 128,
 4 heads, 64 tokens, batch 32). The baseline is the same model's ordinary float32 training
@@ -93,6 +93,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--watch", action="store_true", help="collect per-layer statistics too")
+    p.add_argument("--model", choices=("mlp", "block", "both"), default="both")
     args = p.parse_args()
     dev = jax.devices()[0]
     print(
@@ -102,7 +103,10 @@ def main() -> None:
     k1, k2 = jax.random.split(jax.random.key(1))
     x = jax.random.normal(k1, (256, 784))
     y = jax.random.randint(k2, (256,), 0, 10)
-    bench("MLP 784-1024-1024-10, batch 256", MLP(), x, y, args.repeats, args.watch)
+    if args.model in ("mlp", "both"):
+        bench("MLP 784-1024-1024-10, batch 256", MLP(), x, y, args.repeats, args.watch)
+    if args.model == "mlp":
+        return
     xs = jax.random.normal(k1, (32, 64, 32))
     bench("transformer block, width 128, 64 tokens, batch 32", Block(), xs, y[:32],
           args.repeats, args.watch)  # fmt: skip

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpsim import _bits, _e8m0, _keys
+from fpsim import _bits, _e8m0, _hashrng, _keys
 from fpsim._modes import MODE_NAMES, RoundingMode, get_mode
 from fpsim.formats import Format, get_format
 
@@ -174,8 +174,11 @@ def as_float_array(x, fmt: Format | None = None, rounding: str = "nearest") -> j
     return jnp.asarray(x).astype(jnp.float32)
 
 
-def _random_words(key, shape, c: _bits.Carrier, random_bits: int | None) -> jax.Array:
+def _random_words(key, shape, c: _bits.Carrier, random_bits: int | None,
+                  rng: str = "threefry") -> jax.Array:  # fmt: skip
     """Uniform random integers of ``random_bits`` bits (default: the carrier's width)."""
+    if rng == "hash":
+        return _hashrng.hash_words(_keys.key_data(key), shape, c.width, random_bits)
     k = c.width if random_bits is None else random_bits
     width = next(w for w in (8, 16, 32, 64) if w >= k)
     size = int(np.prod(shape, dtype=np.int64))
@@ -335,16 +338,27 @@ def _quantize_ste_jvp(fmt, rounding, saturate, subnormals, random_bits, primals,
 
 @functools.lru_cache(maxsize=512)
 def _rounder(fmt: Format, rounding: str, saturate: bool, subnormals: bool,
-             random_bits: int | None):  # fmt: skip
+             random_bits: int | None, rng: str = "threefry"):  # fmt: skip
     """The jitted rounding for one (format, mode, options): built once, then reused.
 
-    Deterministic modes take only ``x``; stochastic rounding takes ``(x, rand)``.
-    Caching the callable keeps an eager call down to one jit dispatch.
+    Deterministic modes take only ``x``; stochastic rounding takes ``(x, rand)`` with
+    threefry, and ``(x, key_data)`` with ``rng="hash"``: the hash of each element's
+    index is then computed inside the same fused loop as the rounding, so the random
+    words never go through memory. Caching the callable keeps an eager call down to
+    one jit dispatch.
     """
     static = (fmt, rounding, saturate, subnormals, random_bits)
     if get_mode(rounding).deterministic:
         no_rand = np.zeros((), np.uint8)
         return jax.jit(lambda x: _quantize_ste(x, no_rand, *static))
+    if rng == "hash":
+
+        def hashed(x, kd):
+            width = _bits.carrier_of(x.dtype).width
+            rand = _hashrng.hash_words(kd, x.shape, width, random_bits)
+            return _quantize_ste(x, rand, *static)
+
+        return jax.jit(hashed)
     return jax.jit(lambda x, rand: _quantize_ste(x, rand, *static))
 
 
@@ -354,7 +368,8 @@ def _pick(lo, hi, threshold, rand):
 
 
 def _stochastic_host_f64(host: np.ndarray, fmt: Format, key, saturate: bool,
-                         subnormals: bool, random_bits: int | None):  # fmt: skip
+                         subnormals: bool, random_bits: int | None,
+                         rng: str = "threefry"):  # fmt: skip
     """Stochastic rounding of host float64 data (x64 off): exact, to ``2**-k``.
 
     The two candidates ``lo <= |x| < hi`` and the probability ``p = (|x| - lo) / (hi -
@@ -371,7 +386,7 @@ def _stochastic_host_f64(host: np.ndarray, fmt: Format, key, saturate: bool,
         hi_mag = np.where(hi_mag > fmt.max, np.inf, hi_mag)  # overflow goes away
         hi = np.where(finite, np.copysign(hi_mag, xf), host).astype(np.float32)
     threshold = np.floor(np.ldexp(frac, k)).astype(np.uint64).astype(np.uint32)
-    rand = _random_words(key, host.shape, _bits.F32, random_bits)
+    rand = _random_words(key, host.shape, _bits.F32, random_bits, rng)
     picked = _pick(jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(threshold), rand)
     return _rounder(fmt, "nearest", saturate, subnormals, None)(picked)
 
@@ -385,6 +400,7 @@ def quantize(
     saturate: bool = False,
     subnormals: bool = True,
     random_bits: int | None = None,
+    rng: str = "threefry",
 ) -> jax.Array:
     """Round ``x`` to the values representable in ``fmt`` (fake quantization).
 
@@ -422,6 +438,11 @@ def quantize(
         being compared with as many random bits, so probabilities are multiples of
         ``2**-random_bits`` (biased by at most that much). Default: exact for float32
         input; float64 host input is compared with 32 random bits (to 2**-32).
+      rng: where stochastic rounding's random bits come from. ``"threefry"`` (the
+        default): ``jax.random.bits(key, x.shape)``, JAX's own stream. ``"hash"``: a
+        counter-based hash of the key's data and each element's index, computed in the
+        rounding's own loop (:mod:`fpsim._hashrng`): several times faster, a different
+        (statistically tested) stream, the same number of random bits.
 
     Returns:
       An array on ``fmt``'s grid. Under ``jax.grad`` the rounding is transparent
@@ -450,6 +471,7 @@ def quantize(
             raise ValueError(
                 f"random_bits must be an int in 1..{width}, got {random_bits!r}"
             )
+    _hashrng.check_rng(rng)
     key = _keys.canonical_key(key) if mode.needs_key else None
     if not x64 and not isinstance(x, jax.Array):  # host data: float64 is rounded there
         if isinstance(x, int) and not isinstance(x, bool):
@@ -457,12 +479,15 @@ def quantize(
         host = np.asarray(x)
         if host.dtype == np.float64:  # round once, exactly, from the float64 value
             if key is not None:
-                opts = (saturate, subnormals, random_bits)
+                opts = (saturate, subnormals, random_bits, rng)
                 return _stochastic_host_f64(host, fmt, key, *opts)
             x = jnp.asarray(_host_round(host, fmt, mode, overflow=True))
     x = as_float_array(x, fmt, rounding)
     if key is None:
         return _rounder(fmt, rounding, saturate, subnormals, random_bits)(x)
+    if rng == "hash":
+        kd = _keys.key_data(key)
+        return _rounder(fmt, rounding, saturate, subnormals, random_bits, rng)(x, kd)
     rand = _random_words(key, x.shape, _bits.carrier_of(x.dtype), random_bits)
     return _rounder(fmt, rounding, saturate, subnormals, random_bits)(x, rand)
 

@@ -96,16 +96,18 @@ class TestStochastic:
         seeded = fpsim.quantize(1.0, fpsim.FP16, "stochastic", key=3)
         assert float(seeded) == 1.0
 
+    @pytest.mark.parametrize("gen", ["threefry", "hash"])
     @pytest.mark.parametrize(
         "fmt", [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E2M1], ids=str
     )
-    def test_result_is_a_neighbour_with_the_right_frequency(self, fmt, rng):
+    def test_result_is_a_neighbour_with_the_right_frequency(self, fmt, rng, gen):
         n = 20000
         vals = _finite_samples(fmt, rng, 16)
         vals = vals[np.abs(vals) <= fmt.max][:8]
         for i, v in enumerate(vals):
             x = np.full(n, v, np.float32)
-            got = np.asarray(fpsim.quantize(x, fmt, "stochastic", key=jax.random.key(i)))
+            got = fpsim.quantize(x, fmt, "stochastic", key=jax.random.key(i), rng=gen)
+            got = np.asarray(got)
             lo = float(fpsim.quantize(v, fmt, "down"))
             hi = float(fpsim.quantize(v, fmt, "up"))
             assert set(np.unique(got).tolist()) <= {lo, hi}
@@ -116,30 +118,33 @@ class TestStochastic:
             freq = (got == hi).mean()
             assert abs(freq - p) < 5 * np.sqrt(p * (1 - p) / n) + 1e-9
 
-    def test_unbiased_mean_and_reproducible(self):
+    @pytest.mark.parametrize("gen", ["threefry", "hash"])
+    def test_unbiased_mean_and_reproducible(self, gen):
         x = jnp.full((200_000,), 1 + 2**-12, jnp.float32)  # 1/4 of an fp16 ulp above 1
         key = jax.random.key(42)
-        a = fpsim.quantize(x, fpsim.FP16, "stochastic", key=key)
-        b = fpsim.quantize(x, fpsim.FP16, "stochastic", key=key)
+        a = fpsim.quantize(x, fpsim.FP16, "stochastic", key=key, rng=gen)
+        b = fpsim.quantize(x, fpsim.FP16, "stochastic", key=key, rng=gen)
         assert np.array_equal(np.asarray(a), np.asarray(b))
         err = float(jnp.mean(a)) - (1 + 2**-12)
         assert abs(err) < 5 * 2**-10 * np.sqrt(0.25 * 0.75 / x.size)
         assert float(jnp.mean(fpsim.quantize(x, fpsim.FP16))) == 1.0  # nearest: biased
 
-    def test_tiny_values_keep_exact_probability(self):
+    @pytest.mark.parametrize("gen", ["threefry", "hash"])
+    def test_tiny_values_keep_exact_probability(self, gen):
         # 2^-30 is 2^-6 of fp16's smallest subnormal: P(up) = 1/64 exactly
         x = jnp.full((400_000,), 2.0**-30, jnp.float32)
-        got = fpsim.quantize(x, fpsim.FP16, "stochastic", key=jax.random.key(0))
+        got = fpsim.quantize(x, fpsim.FP16, "stochastic", key=jax.random.key(0), rng=gen)
         freq = float(jnp.mean(got == 2.0**-24))
         assert abs(freq - 1 / 64) < 5 * np.sqrt((1 / 64) * (63 / 64) / x.size)
 
-    def test_random_bits_quantizes_probabilities(self):
+    @pytest.mark.parametrize("gen", ["threefry", "hash"])
+    def test_random_bits_quantizes_probabilities(self, gen):
         # remainder 1/4 + 1/64 of an ulp: with 2 random bits the remainder truncates to 1/4
         v = np.float32(1 + 2**-12 + 2**-16)
         x = jnp.full((200_000,), v)
         for bits, p in [(2, 0.25), (None, 0.25 + 1 / 64)]:
             got = fpsim.quantize(x, fpsim.FP16, "stochastic", key=jax.random.key(1),
-                                 random_bits=bits)  # fmt: skip
+                                 random_bits=bits, rng=gen)  # fmt: skip
             freq = float(jnp.mean(got > 1))
             assert abs(freq - p) < 5 * np.sqrt(p * (1 - p) / x.size)
         with pytest.raises(ValueError, match="random_bits"):
@@ -147,8 +152,10 @@ class TestStochastic:
                 x, fpsim.FP16, "stochastic", key=jax.random.key(1), random_bits=0
             )
 
-    def test_overflow_and_specials(self):
+    @pytest.mark.parametrize("gen", ["threefry", "hash"])
+    def test_overflow_and_specials(self, gen):
         x = jnp.float32([70000.0, np.inf, np.nan, -0.0])
-        got = np.asarray(fpsim.quantize(x, fpsim.FP16, "stochastic", key=jax.random.key(3)))
+        got = fpsim.quantize(x, fpsim.FP16, "stochastic", key=jax.random.key(3), rng=gen)
+        got = np.asarray(got)
         assert np.isinf(got[0]) and np.isinf(got[1]) and np.isnan(got[2])
         assert got[3] == 0 and np.signbit(got[3])
