@@ -386,8 +386,9 @@ def recipe_dot_general(
     Args:
       recipe: a :class:`Recipe` or a name from :data:`RECIPES`.
       key: random key (typed, raw or an int seed) for stochastic rounding of the
-        gradients; required when the recipe rounds stochastically. The input- and
-        weight-gradient GEMMs draw from keys derived from it.
+        gradients; required when the recipe rounds stochastically. The input-gradient
+        GEMM draws from ``fpsim._keys.derive(key, 1)``, the weight-gradient GEMM from
+        ``derive(key, 2)``.
       name: the layer's name, for error messages.
       fallback: ``"error"`` (default): a blocked axis whose length is not a multiple of
         its block raises ``ValueError`` naming the layer, GEMM, axis and size;
