@@ -33,6 +33,7 @@ from fpsim.nn._recipes import Recipe as Recipe
 from fpsim.nn._recipes import get_recipe as get_recipe
 from fpsim.nn._recipes import recipe_dot_general as recipe_dot_general
 from fpsim.nn._recipes import recipe_scope as recipe_scope
+from fpsim.nn._recipes import with_recipe as with_recipe
 from fpsim.nn._stats import LayerStats as LayerStats
 from fpsim.nn._stats import TensorStats as TensorStats
 from fpsim.nn._train import TrainState as TrainState
@@ -50,5 +51,5 @@ __all__ = [
     "ScaleState", "TensorStats", "TrainState", "TrainStep", "apply", "cross_entropy",
     "data_parallel_grads", "discover", "get_policy", "get_recipe", "init_state",
     "instrument", "make_train_step", "quantized_dot_general", "recipe_dot_general",
-    "recipe_scope", "train", "underflow_fraction", "value_and_grad",
+    "recipe_scope", "train", "underflow_fraction", "value_and_grad", "with_recipe",
 ]  # fmt: skip

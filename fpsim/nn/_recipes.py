@@ -376,12 +376,13 @@ def recipe_dot_general(
     """``lax.dot_general`` whose forward, input-gradient and weight-gradient GEMMs each
     quantize their operands along the dimension they contract, as ``recipe`` says.
 
-    The product must be a linear layer's: one contracting dimension on each side and no
-    batch dimensions (``x`` of any rank contracting its last axis with a weight's
-    first, as ``nn.Dense`` calls it). The leading axes of ``x`` are the tokens ``M``
-    (flattened), the weight's other axes the outputs ``N``. The GEMMs run in float32 on
-    the quantized values (``precision=HIGHEST``); the output and the gradients are
-    float32 (in the caller's dtypes).
+    The product must be a linear layer's: contracting dimensions and no batch
+    dimensions (``x`` of any rank contracting its last axis with a weight's first, as
+    ``nn.Dense`` calls it, or several axes, as ``nn.DenseGeneral(axis=(-2, -1))``).
+    The other axes of ``x`` are the tokens ``M``, the contracted ones ``K``, the
+    weight's other axes the outputs ``N``, each flattened (as a linear layer is). The
+    GEMMs run in float32 on the quantized values (``precision=HIGHEST``); the output
+    and the gradients are float32 (in the caller's dtypes).
 
     Args:
       recipe: a :class:`Recipe` or a name from :data:`RECIPES`.
@@ -417,19 +418,23 @@ def recipe_dot_general(
                     preferred_element_type=None, **kwargs):  # fmt: skip
         (lc, rc), (lb, rb) = dimension_numbers
         lc, rc = tuple(lc), tuple(rc)
-        if lb or rb or len(lc) != 1 or len(rc) != 1:
+        if lb or rb or len(lc) != len(rc) or not lc:
             raise ValueError(
                 f"recipe {recipe.name!r} at {name!r}: only a linear layer's product is "
-                "supported (one contracting dimension per operand, no batch "
-                f"dimensions); got dimension_numbers {dimension_numbers}"
+                "supported (contracting dimensions, no batch dimensions); got "
+                f"dimension_numbers {dimension_numbers}"
             )
         lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
         out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
-        lca, rca = lc[0] % lhs.ndim, rc[0] % rhs.ndim
-        x = jnp.moveaxis(lhs, lca, -1)
-        w = jnp.moveaxis(rhs, rca, 0)
-        m_shape, n_shape = x.shape[:-1], w.shape[1:]
-        m, k, n = math.prod(m_shape), x.shape[-1], math.prod(n_shape)
+        lca = tuple(a % lhs.ndim for a in lc)
+        rca = tuple(a % rhs.ndim for a in rc)
+        # x: (tokens..., contracted...), w: (contracted..., outputs...), the contracted
+        # axes flattened in the same order on both sides (K), as a linear layer is
+        x = jnp.moveaxis(lhs, lca, tuple(range(-len(lca), 0)))
+        w = jnp.moveaxis(rhs, rca, tuple(range(len(rca))))
+        m_shape, n_shape = x.shape[: -len(lca)], w.shape[len(rca) :]
+        m, n = math.prod(m_shape), math.prod(n_shape)
+        k = math.prod(x.shape[len(m_shape) :])
         bad = _lengths(recipe, m, k, n)
         if bad:
             if fallback == "float32":
@@ -460,6 +465,31 @@ def recipe_dot_general(
 RECIPE_LAYERS: tuple[str, ...] = ("Dense", "DenseGeneral")
 
 
+def takes_recipe(module) -> bool:
+    """Whether ``module`` is a Linen layer a recipe applies to: a ``Dense`` or
+    ``DenseGeneral`` that did not set its own ``dot_general``."""
+    return (
+        type(module).__name__ in RECIPE_LAYERS
+        and getattr(module, "dot_general", None) is None
+        and getattr(module, "dot_general_cls", None) is None
+    )
+
+
+def call_with_recipe(module, call, recipe, *, key=None, name="", fallback="error"):
+    """``call()`` (the layer's ``__call__``) with ``module``'s products under ``recipe``.
+
+    For a policy's layer hook as for :func:`recipe_scope`: a Linen module is a frozen
+    dataclass whose ``dot_general`` field ``__call__`` reads, so the field is set for
+    this one call and restored after it.
+    """
+    dg = recipe_dot_general(recipe, key=key, name=name, fallback=fallback)
+    object.__setattr__(module, "dot_general", dg)
+    try:
+        return call()
+    finally:
+        object.__setattr__(module, "dot_general", None)
+
+
 @contextlib.contextmanager
 def recipe_scope(
     recipe: Recipe | str,
@@ -470,9 +500,9 @@ def recipe_scope(
 ) -> Iterator[Recipe]:
     """Run every Linen ``Dense``/``DenseGeneral`` called inside under ``recipe``.
 
-    Each layer gets :func:`recipe_dot_general` with its own key (derived from ``key``
-    and the order of the calls) unless its path (``"block_0/mlp_in"``) matches a
-    pattern of ``skip`` (fnmatch syntax, e.g. ``("head",)``: the layers the recipe
+    Each layer gets :func:`recipe_dot_general` with its own key (``derive(key, i)``
+    for the ``i``-th layer call, from 1) unless its path (``"block0/mlp_in"``) matches
+    a pattern of ``skip`` (fnmatch syntax, e.g. ``("head",)``: the layers the recipe
     keeps in higher precision) or the layer set its own ``dot_general``.
 
     Example:
@@ -495,25 +525,74 @@ def recipe_scope(
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
-        if context.method_name != "__call__" or type(module).__name__ not in RECIPE_LAYERS:
+        if context.method_name != "__call__" or not takes_recipe(module):
             return next_fun(*args, **kwargs)
         path = "/".join(module.path) if module.path else type(module).__name__
         if any(fnmatch.fnmatchcase(path, p) for p in skip):
             return next_fun(*args, **kwargs)
-        if getattr(module, "dot_general", None) is not None or getattr(
-            module, "dot_general_cls", None
-        ):
-            return next_fun(*args, **kwargs)
         count[0] += 1
         k = None if base is None else derive(base, count[0])
-        dg = recipe_dot_general(recipe, key=k, name=path, fallback=fallback)
-        # a Linen module is a frozen dataclass; its dot_general field is read inside
-        # __call__, so it is set for this one call and restored
-        object.__setattr__(module, "dot_general", dg)
-        try:
-            return next_fun(*args, **kwargs)
-        finally:
-            object.__setattr__(module, "dot_general", None)
+        return call_with_recipe(
+            module, lambda: next_fun(*args, **kwargs), recipe, key=k, name=path,
+            fallback=fallback,
+        )  # fmt: skip
 
     with nn.intercept_methods(interceptor):
         yield recipe
+
+
+def batch_key(seed, x) -> jax.Array:
+    """A key that changes with the batch: ``derive(key(seed), checksum of x's bits)``."""
+    bits = lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32).reshape(-1)
+    mult = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
+    return derive(canonical_key(seed, what="with_recipe"), jnp.sum(bits * mult))
+
+
+@dataclasses.dataclass(frozen=True)
+class WithRecipe:
+    """A Linen model whose ``init`` and ``apply`` run under a recipe (see
+    :func:`with_recipe`); anything that takes a Linen model (``make_train_step``,
+    :func:`fpsim.nn.apply`) takes it."""
+
+    model: object
+    recipe: Recipe
+    skip: tuple[str, ...] = ()
+    seed: int = 0
+    fallback: str = "error"
+
+    def _scope(self, x):
+        key = batch_key(self.seed, x) if self.recipe.needs_key else None
+        return recipe_scope(self.recipe, key=key, skip=self.skip, fallback=self.fallback)
+
+    def init(self, rngs, x, *args, **kwargs):
+        with self._scope(x):
+            return self.model.init(rngs, x, *args, **kwargs)
+
+    def apply(self, variables, x, *args, **kwargs):
+        with self._scope(x):
+            return self.model.apply(variables, x, *args, **kwargs)
+
+
+def with_recipe(
+    model, recipe: Recipe | str, *, skip: tuple[str, ...] = (), seed: int = 0,
+    fallback: str = "error",
+) -> WithRecipe:  # fmt: skip
+    """An unmodified Linen ``model`` whose ``Dense``/``DenseGeneral`` layers run under
+    ``recipe`` whenever it is initialised or applied (:func:`recipe_scope`).
+
+    A training step passes a Linen model no random key, so the stochastic rounding of
+    gradients draws from a key derived from ``seed`` and a checksum of the input batch
+    (fresh random bits for every new batch; the same batch gives the same bits).
+
+    Example:
+      >>> import fpsim, jax, jax.numpy as jnp, optax, flax.linen as nn
+      >>> model = fpsim.nn.with_recipe(nn.Dense(32), "mxfp8")
+      >>> ts = fpsim.nn.make_train_step(model, "float32", optax.sgd(0.1))
+      >>> x, y = jnp.ones((32, 32)), jnp.zeros(32, jnp.int32)
+      >>> state, metrics = ts.step(ts.init(jax.random.key(0), x), (x, y))
+      >>> bool(metrics["finite"])
+      True
+    """
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown fallback {fallback!r}; valid: {', '.join(FALLBACKS)}")
+    return WithRecipe(model, get_recipe(recipe), tuple(skip), seed, fallback)
