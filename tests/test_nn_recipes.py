@@ -241,3 +241,41 @@ def _train(recipe_name: str, steps: int = 40) -> tuple[float, float]:
 def test_a_tiny_mlp_trains_under_each_recipe(name):
     first, last = _train(name)
     assert np.isfinite(last) and last < 0.5 * first, (first, last)
+
+
+def test_make_train_step_runs_a_recipe_through_with_recipe():
+    """fpsim.nn's training step takes a with_recipe model; its weight gradients are the
+    recipe's (here, without stochastic rounding, recomputed directly), and stochastic
+    rounding draws new bits for a new batch."""
+    x, _, c = _data()
+    c = c[:, :32]
+    y = jnp.arange(M) % 32
+    model = fpsim.nn.with_recipe(nn.Dense(32, use_bias=False), "mxfp8")
+    # a loss linear in the logits, so that the output gradient is c exactly
+    ts = fpsim.nn.make_train_step(
+        model, "float32", optax.sgd(1.0), loss_fn=lambda logits, _: jnp.sum(logits * c)
+    )
+    state = ts.init(jax.random.key(0), x)
+    new, metrics = ts.step(state, (x, y))
+    w = state.params["kernel"]
+    _, dw = _expected_grads(get_recipe("mxfp8"), x, w, c)
+    np.testing.assert_array_equal(np.asarray(new.params["kernel"]), np.asarray(w - dw))
+    assert bool(metrics["finite"])
+
+    sr = fpsim.nn.with_recipe(nn.Dense(32, use_bias=False), "nvfp4")
+    g = jax.jit(jax.grad(lambda w, x: jnp.sum(sr.apply({"params": {"kernel": w}}, x) * c)))
+    g1, g2 = g(w, x), g(w, x * 2.0)
+    assert not np.array_equal(np.asarray(g1) * 2.0, np.asarray(g2))
+    np.testing.assert_array_equal(np.asarray(g(w, x)), np.asarray(g1))
+
+
+def test_several_contracting_axes_flatten_into_k():
+    """nn.DenseGeneral(axis=(-2, -1)) (attention's output projection): K = heads *
+    head_dim, quantized as one axis."""
+    r = get_recipe("mxfp8")
+    x, w, _ = _data()
+    lhs = x.reshape(M, 4, 32)
+    rhs = w.reshape(4, 32, N)
+    y = recipe_dot_general(r)(lhs, rhs, (((1, 2), (0, 1)), ((), ())))
+    want = _mm(_q(x, r.activation, 1, r), _q(w, r.weight, 0, r), DIMS)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want))

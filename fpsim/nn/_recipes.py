@@ -543,9 +543,12 @@ def recipe_scope(
 
 def batch_key(seed, x) -> jax.Array:
     """A key that changes with the batch: ``derive(key(seed), checksum of x's bits)``."""
-    bits = lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32).reshape(-1)
-    mult = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
-    return derive(canonical_key(seed, what="with_recipe"), jnp.sum(bits * mult))
+    h = lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32).reshape(-1)
+    h = h + jnp.arange(h.size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)  # position
+    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):  # a 32-bit integer hash
+        h = (h ^ (h >> shift)) * jnp.uint32(mult)
+    h = h ^ (h >> 16)
+    return derive(canonical_key(seed, what="with_recipe"), jnp.sum(h))
 
 
 @dataclasses.dataclass(frozen=True)
