@@ -58,6 +58,9 @@ def _expected_grads(recipe, x, w, c, key=None):
 
 
 def _grads(recipe, x, w, c, key=None):
+    """(dx, dW) of sum(y * c), so the output gradient is c exactly; eager, so that the
+    GEMMs are the same XLA dots as the expected ones (under jit XLA may order a
+    float32 GEMM's sum differently: a last-bit difference, not a quantization one)."""
     dg = recipe_dot_general(recipe, key=key)
     return jax.grad(lambda x, w: jnp.sum(dg(x, w, DIMS) * c), (0, 1))(x, w)
 
