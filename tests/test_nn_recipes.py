@@ -65,7 +65,7 @@ def _grads(recipe, x, w, c, key=None):
     return jax.grad(lambda x, w: jnp.sum(dg(x, w, DIMS) * c), (0, 1))(x, w)
 
 
-@pytest.mark.parametrize("name", [*MAIN, "fp8_blockwise_pow2"])
+@pytest.mark.parametrize("name", [*MAIN, "fp8_blockwise_pow2", "fp8_current_e4m3"])
 def test_dense_forward_is_the_dot_of_quantized_operands(name):
     recipe = get_recipe(name)
     x, _, _ = _data()

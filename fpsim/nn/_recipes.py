@@ -164,6 +164,12 @@ FP8_CURRENT = Recipe(
     "fp8_current", FP8_TENSOR, FP8_TENSOR, FP8_TENSOR_E5M2,
     source="Transformer Engine Float8CurrentScaling (fp8_format=HYBRID)",
 )  # fmt: skip
+#: The same with E4M3 gradients too (TE's ``fp8_format=E4M3``): one more mantissa bit,
+#: 2**7 less range, which a per-tensor scale computed now makes up for.
+FP8_CURRENT_E4M3 = FP8_CURRENT.replace(
+    name="fp8_current_e4m3", grad=FP8_TENSOR,
+    source="Transformer Engine Float8CurrentScaling (fp8_format=E4M3)",
+)  # fmt: skip
 
 #: DeepSeek-V3 (technical report, section 3.3) / Transformer Engine
 #: ``Float8BlockScaling``: E4M3 everywhere (gradients too); activations and gradients
@@ -217,7 +223,14 @@ MXFP4_NAIVE = Recipe("mxfp4_naive", MXFP4, MXFP4, MXFP4, source="OCP MX v1.0 (no
 def _recipes() -> dict[str, Recipe]:
     out = {
         r.name: r
-        for r in (FP8_CURRENT, FP8_BLOCKWISE, FP8_BLOCKWISE_POW2, MXFP8, NVFP4_RECIPE)
+        for r in (
+            FP8_CURRENT,
+            FP8_CURRENT_E4M3,
+            FP8_BLOCKWISE,
+            FP8_BLOCKWISE_POW2,
+            MXFP8,
+            NVFP4_RECIPE,
+        )  # fmt: skip
     }
     for r in (
         NVFP4_RECIPE.without_rht(),
