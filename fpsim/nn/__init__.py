@@ -27,6 +27,13 @@ from fpsim.nn._policy import PRESET_NAMES as PRESET_NAMES
 from fpsim.nn._policy import PRESETS as PRESETS
 from fpsim.nn._policy import Policy as Policy
 from fpsim.nn._policy import get_policy as get_policy
+from fpsim.nn._recipes import RECIPE_NAMES as RECIPE_NAMES
+from fpsim.nn._recipes import RECIPES as RECIPES
+from fpsim.nn._recipes import Recipe as Recipe
+from fpsim.nn._recipes import get_recipe as get_recipe
+from fpsim.nn._recipes import recipe_dot_general as recipe_dot_general
+from fpsim.nn._recipes import recipe_scope as recipe_scope
+from fpsim.nn._recipes import with_recipe as with_recipe
 from fpsim.nn._stats import LayerStats as LayerStats
 from fpsim.nn._stats import TensorStats as TensorStats
 from fpsim.nn._train import TrainState as TrainState
@@ -39,10 +46,10 @@ from fpsim.scaling import DelayedScaling as DelayedScaling
 from fpsim.scaling import ScaleState as ScaleState
 
 __all__ = [
-    "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "AdaptiveLossScaling", "DelayedScaling",
-    "LayerStats", "Policy", "Report", "ScaleState", "TensorStats", "TrainState",
-    "TrainStep", "apply", "cross_entropy", "data_parallel_grads", "discover",
-    "get_policy", "init_state", "instrument", "make_train_step", "quantized_dot_general",
-    "train",
-    "underflow_fraction", "value_and_grad",
+    "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "RECIPES", "RECIPE_NAMES",
+    "AdaptiveLossScaling", "DelayedScaling", "LayerStats", "Policy", "Recipe", "Report",
+    "ScaleState", "TensorStats", "TrainState", "TrainStep", "apply", "cross_entropy",
+    "data_parallel_grads", "discover", "get_policy", "get_recipe", "init_state",
+    "instrument", "make_train_step", "quantized_dot_general", "recipe_dot_general",
+    "recipe_scope", "train", "underflow_fraction", "value_and_grad", "with_recipe",
 ]  # fmt: skip

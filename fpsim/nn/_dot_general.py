@@ -1,5 +1,10 @@
 """A quantizing drop-in for ``lax.dot_general`` (Linen ``Dense(dot_general=...)``, NNX
-``Linear(dot_general=...)``)."""
+``Linear(dot_general=...)``).
+
+:func:`quantized_dot_general` rounds element by element (one format, no scales). For
+the block-scaled training recipes (MXFP8, NVFP4, DeepSeek-V3's FP8 blocks, per-tensor
+current scaling), where each of a layer's three GEMMs quantizes its operands along the
+axis it contracts, see :func:`fpsim.nn.recipe_dot_general`."""
 
 from __future__ import annotations
 
