@@ -71,3 +71,13 @@ ref_round = round_value
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def ax():
+    """A fresh matplotlib Axes (Agg, no pyplot state) for the plotting tests."""
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    yield fig.add_subplot()
+    fig.clear()

@@ -9,17 +9,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
 import fpsim  # noqa: E402
 from fpsim import plot  # noqa: E402
-
-
-@pytest.fixture
-def ax():
-    fig = Figure()
-    yield fig.add_subplot()
-    fig.clear()
 
 
 def _gid(ax, gid):

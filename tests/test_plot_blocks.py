@@ -6,17 +6,9 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
 import fpsim  # noqa: E402
 from fpsim import plot  # noqa: E402
-
-
-@pytest.fixture
-def ax():
-    fig = Figure()
-    yield fig.add_subplot()
-    fig.clear()
 
 
 def _line(ax, gid):

@@ -173,30 +173,14 @@ def block_plot(
         gid="values",
         label=f"element ({ok.sum()})",
     )
-    ax.plot(
-        xs[d.flushed],
-        y[d.flushed],
-        ls="none",
-        marker="X",
-        ms=8,
-        color="#E69F00",
-        mec="k",
-        mew=0.5,
-        gid="flushed",
-        label=f"flushed to 0 ({d.flushed.sum()})",
-    )
-    ax.plot(
-        xs[d.saturated],
-        y[d.saturated],
-        ls="none",
-        marker="^",
-        ms=9,
-        color="#D55E00",
-        mec="k",
-        mew=0.5,
-        gid="saturated",
-        label=f"saturated ({d.saturated.sum()})",
-    )
+    for mask, marker, ms, color, gid, what in (
+        (d.flushed, "X", 8, "#E69F00", "flushed", "flushed to 0"),
+        (d.saturated, "^", 9, "#D55E00", "saturated", "saturated"),
+    ):
+        ax.plot(
+            xs[mask], y[mask], ls="none", marker=marker, ms=ms, color=color, mec="k",
+            mew=0.5, gid=gid, label=f"{what} ({mask.sum()})",
+        )  # fmt: skip
     ax.axhline(0, color="0.3", lw=0.6, zorder=0)
     ax.set_yticks([0, 1.375], ["grid", "block"])
     for side in ("right", "top", "left"):
