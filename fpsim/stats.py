@@ -23,6 +23,16 @@ The classes partition the elements. The classification is exact: it is computed 
 because XLA on CPU treats float32 subnormal *inputs* of float compares as zero
 (``x > 0`` is False for ``x = 1e-40``).
 
+Block-scaled formats (``"mxfp4"``, ``"nvfp4"``, a :class:`fpsim.BlockFormat`) are
+classified the same way, element by element, after the block's shared scale: an
+*underflow* is an element flushed to zero because its block's scale (set by the block's
+largest element) puts it below the element format's smallest value, an *overflow* an
+element clipped to the largest value its block can hold (MX scales round the amax's
+exponent down, so the top of a block can exceed the element's max), and an element
+that comes back NaN because its block holds a NaN counts as *nan*. Pass ``axis`` (the
+axis the blocks run along). :func:`fpsim.blocks.block_stats` gives the same per block,
+with the histogram of scale exponents.
+
 :func:`log2_histogram` shows the same data one binade ``[2**k, 2**(k+1))`` at a time,
 which is the picture to hold against the format's range ``[min_subnormal, max]``.
 """
@@ -165,11 +175,62 @@ def _classify(x, fmt: Format, rounding: str):
     return cls.astype(jnp.int8)
 
 
-def value_classes(x: jax.typing.ArrayLike, fmt: FormatLike, rounding: str = "nearest"):
+def _block_format(fmt):
+    """``fmt`` as a :class:`fpsim.BlockFormat` when it is or names one, else None."""
+    from fpsim.blocks import BlockFormat, block_format_names, get_block_format
+
+    if isinstance(fmt, BlockFormat):
+        return fmt
+    if isinstance(fmt, str) and fmt.strip().lower() in block_format_names():
+        return get_block_format(fmt)
+    return None
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _classify_blocks(x, bfmt, axis):
+    from fpsim.blocks._format import INT8
+    from fpsim.blocks._stats import _element_values, element_flags
+
+    codes, q, under, sat = element_flags(x, bfmt, axis=axis)
+    ax = _bits.F32.to_bits(x) & jnp.uint32(0x7FFFFFFF)
+    aq = _bits.F32.to_bits(q) & jnp.uint32(0x7FFFFFFF)
+    if bfmt.element == INT8:  # integers: no subnormals
+        cls = jnp.full(x.shape, 3, jnp.int8)
+    else:
+        elem = jnp.abs(_element_values(codes.elements, bfmt))
+        cls = jnp.where(elem < jnp.float32(bfmt.element.min_normal), 2, 3)
+    cls = jnp.where(under, 1, cls)
+    cls = jnp.where(sat, 4, cls)
+    cls = jnp.where(aq > jnp.uint32(0x7F800000), 6, cls)  # a NaN block
+    cls = jnp.where(ax == 0, 0, cls)
+    cls = jnp.where(ax == jnp.uint32(0x7F800000), 5, cls)
+    cls = jnp.where(ax > jnp.uint32(0x7F800000), 6, cls)
+    return cls.astype(jnp.int8)
+
+
+def _check_block_rounding(bfmt, rounding: str) -> None:
+    if rounding != "nearest":
+        raise ValueError(
+            f"block format {bfmt.name!r}: value statistics classify the elements as "
+            f"encode_blocks rounds them, to nearest even; got rounding={rounding!r}"
+        )
+
+
+def value_classes(
+    x: jax.typing.ArrayLike, fmt: FormatLike, rounding: str = "nearest", *, axis: int = -1
+):
     """The class code of every element of ``x`` against ``fmt`` (int8, same shape).
 
     Codes index :data:`VALUE_CLASSES`: 0 zero, 1 underflow, 2 subnormal, 3 normal,
-    4 overflow, 5 inf, 6 nan (see the module docstring).
+    4 overflow, 5 inf, 6 nan (see the module docstring). ``fmt`` may be a block format
+    (``"mxfp8"``, a :class:`fpsim.BlockFormat`); its blocks run along ``axis``.
+
+    Example (one MXFP8 block: its scale 2**1 comes from 957, which then saturates to
+    448 * 2; 0.001 / 2 is below E4M3's smallest subnormal 2**-9 and flushes):
+      >>> import numpy as np, fpsim
+      >>> x = np.full(32, 0.001, np.float32); x[0] = 957.0; x[1] = 0.25
+      >>> [fpsim.VALUE_CLASSES[int(k)] for k in fpsim.value_classes(x, "mxfp8")[:3]]
+      ['overflow', 'normal', 'underflow']
 
     Example:
       >>> import fpsim
@@ -177,13 +238,21 @@ def value_classes(x: jax.typing.ArrayLike, fmt: FormatLike, rounding: str = "nea
       ...  fpsim.value_classes([0.0, 2.0**-25, 2.0**-24, 1.0, 65520.0], "fp16")]
       ['zero', 'underflow', 'subnormal', 'normal', 'overflow']
     """
+    bfmt = _block_format(fmt)
+    if bfmt is not None:
+        _check_block_rounding(bfmt, rounding)
+        return _classify_blocks(jnp.asarray(x, jnp.float32), bfmt, axis)
     fmt = get_format(fmt)
     _check_stats_rounding(rounding)
     return _classify(as_float_array(x, fmt, rounding), fmt, rounding)
 
 
-def _counts_of(x, fmt: Format, rounding: str) -> ValueCounts:
-    per_class = jnp.bincount(_classify(x, fmt, rounding).ravel(), length=7)
+def _counts_of(x, fmt, rounding: str, axis: int = -1) -> ValueCounts:
+    if isinstance(fmt, Format):
+        cls = _classify(x, fmt, rounding)
+    else:
+        cls = _classify_blocks(jnp.asarray(x, jnp.float32), fmt, axis)
+    per_class = jnp.bincount(cls.ravel(), length=7)
     per_class = per_class.astype(jnp.int32)
     total = jnp.asarray(x.size, jnp.int32)
     return ValueCounts(total, *(per_class[i] for i in range(7)))
@@ -193,14 +262,19 @@ def _zero_counts() -> ValueCounts:
     return ValueCounts(*(jnp.zeros((), jnp.int32) for _ in ValueCounts._fields))
 
 
-def value_counts(tree, fmt: FormatLike, rounding: str = "nearest") -> ValueCounts:
+def value_counts(
+    tree, fmt: FormatLike, rounding: str = "nearest", *, axis: int = -1
+) -> ValueCounts:
     """Count, over all floating-point leaves of ``tree``, how values fare in ``fmt``.
 
     Args:
       tree: an array or any pytree of arrays (parameters, gradients, activations).
         Non-floating leaves (integer step counters) are not counted.
-      fmt: the format the values would be stored in.
-      rounding: the deterministic rounding mode to classify under.
+      fmt: the format the values would be stored in: an element format, or a block
+        format (then every leaf is blocked along ``axis``).
+      rounding: the deterministic rounding mode to classify under ("nearest" for
+        block formats).
+      axis: the axis the blocks of a block format run along.
 
     Returns:
       A :class:`ValueCounts` of int32 scalars; jit-able.
@@ -211,25 +285,36 @@ def value_counts(tree, fmt: FormatLike, rounding: str = "nearest") -> ValueCount
       >>> int(c.underflow), int(c.subnormal), int(c.normal), int(c.overflow)
       (1, 1, 1, 1)
     """
-    fmt = get_format(fmt)
-    _check_stats_rounding(rounding)
-    counts = [_counts_of(x, fmt, rounding) for x in _float_leaves(tree, fmt, rounding)]
+    bfmt = _block_format(fmt)
+    if bfmt is not None:
+        _check_block_rounding(bfmt, rounding)
+        leaves = _float_leaves(tree)
+        counts = [_counts_of(x, bfmt, rounding, axis) for x in leaves]
+    else:
+        fmt = get_format(fmt)
+        _check_stats_rounding(rounding)
+        leaves = _float_leaves(tree, fmt, rounding)
+        counts = [_counts_of(x, fmt, rounding) for x in leaves]
     if not counts:
         return _zero_counts()
     return ValueCounts(*(sum(field) for field in zip(*counts, strict=True)))
 
 
-def tree_value_counts(tree, fmt: FormatLike, rounding: str = "nearest"):
+def tree_value_counts(tree, fmt: FormatLike, rounding: str = "nearest", *, axis=-1):
     """A :class:`ValueCounts` per leaf, in the structure of ``tree`` (per layer stats).
 
-    Non-floating leaves get all-zero counts.
+    Non-floating leaves get all-zero counts. ``fmt`` and ``axis`` as for
+    :func:`value_counts`.
     """
-    fmt = get_format(fmt)
-    _check_stats_rounding(rounding)
-    return jax.tree_util.tree_map(lambda leaf: value_counts(leaf, fmt, rounding), tree)
+    fmt = _block_format(fmt) or get_format(fmt)
+    return jax.tree_util.tree_map(
+        lambda leaf: value_counts(leaf, fmt, rounding, axis=axis), tree
+    )
 
 
-def value_fractions(tree, fmt: FormatLike | None = None, rounding: str = "nearest"):
+def value_fractions(
+    tree, fmt: FormatLike | None = None, rounding: str = "nearest", *, axis: int = -1
+):
     """The fraction of values in each class, as a dict of Python floats.
 
     Args:
@@ -237,6 +322,7 @@ def value_fractions(tree, fmt: FormatLike | None = None, rounding: str = "neares
         already computed (then ``fmt`` is ignored).
       fmt: the format to classify against.
       rounding: as for :func:`value_counts`.
+      axis: as for :func:`value_counts` (block formats).
 
     Returns:
       ``{"zero": ..., "underflow": ..., ..., "nan": ...}``, summing to 1 (all zeros for
@@ -247,7 +333,7 @@ def value_fractions(tree, fmt: FormatLike | None = None, rounding: str = "neares
     else:
         if fmt is None:
             raise ValueError("value_fractions needs fmt unless given a ValueCounts")
-        counts = value_counts(tree, fmt, rounding)
+        counts = value_counts(tree, fmt, rounding, axis=axis)
     total = int(counts.total)
     return {name: int(getattr(counts, name)) / max(total, 1) for name in VALUE_CLASSES}
 

@@ -60,6 +60,31 @@ def _element_values(codes, bfmt: BlockFormat):
     return decode(codes, bfmt.element)
 
 
+def element_flags(x, bfmt: BlockFormat, *, axis=-1, scale_mode: str | None = None):
+    """What block quantization does to each element of float32 ``x``.
+
+    Returns ``(codes, q, underflow, saturated)``: the :class:`BlockCodes`, the decoded
+    values, and two boolean arrays of ``x``'s shape: *underflow*, a finite nonzero
+    element that comes back as zero (its block's scale, set by the block's largest
+    element, put it below the element format's smallest value); *saturated*, a finite
+    element whose magnitude exceeds the largest its block can hold and is clipped to it.
+    Both are computed on bit patterns: XLA on CPU reads float32 subnormal operands of
+    float compares as zero, and a block of tiny values is made of subnormals.
+    """
+    codes = encode_blocks(x, bfmt, axis=axis, scale_mode=scale_mode)
+    q = decode_blocks(codes, bfmt, axis=axis)
+    if bfmt.element == INT8:
+        at_max = (codes.elements == 0x7F) | (codes.elements == 0x80)
+    else:
+        elem = jnp.abs(_element_values(codes.elements, bfmt))
+        at_max = elem == jnp.float32(bfmt.element_max)
+    ax, aq = (_f32.bits(v) & jnp.uint32(_f32._ABS) for v in (x, q))
+    finite = ax < jnp.uint32(_f32._INF)
+    under = finite & (ax != 0) & (aq == 0)
+    sat = finite & at_max & (ax > aq)
+    return codes, q, under, sat
+
+
 def block_stats(
     x: jax.typing.ArrayLike,
     bfmt: BlockFormat | str,
@@ -83,18 +108,9 @@ def block_stats(
       1
     """
     bfmt = get_block_format(bfmt)
-    codes = encode_blocks(x, bfmt, axis=axis, scale_mode=scale_mode)
     x = jnp.asarray(x, jnp.float32)
-    q = decode_blocks(codes, bfmt, axis=axis)
+    codes, q, under, sat = element_flags(x, bfmt, axis=axis, scale_mode=scale_mode)
     axes = _axes(x.ndim, bfmt, axis)
-    elem = jnp.abs(_element_values(codes.elements, bfmt))
-    if bfmt.element == INT8:
-        at_max = (codes.elements == 0x7F) | (codes.elements == 0x80)
-    else:
-        at_max = elem == jnp.float32(bfmt.element_max)
-    finite = jnp.isfinite(x)
-    under = finite & (x != 0) & (q == 0)
-    sat = finite & at_max & (jnp.abs(x) > jnp.abs(q))
 
     def per_block(flags):
         f = _to_blocks(flags.astype(jnp.float32), axes, bfmt)
@@ -103,7 +119,8 @@ def block_stats(
     if bfmt.tensor_scale or bfmt.scale == FP32:  # the block scale's binade
         bs = codes.scales if bfmt.scale == FP32 else decode(codes.scales, bfmt.scale)
         exp = _f32.floor_log2(_f32.bits(bs) & jnp.uint32(0x7FFFFFFF))
-        valid = jnp.isfinite(bs) & (bs > 0)
+        abits = _f32.bits(bs) & jnp.uint32(_f32._ABS)
+        valid = (abits > 0) & (abits < jnp.uint32(_f32._INF))
     else:
         code = codes.scales.astype(jnp.int32)
         exp, valid = code - 127, code != 0xFF
