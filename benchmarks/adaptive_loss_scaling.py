@@ -59,7 +59,7 @@ def layer_scales(pol, config: lm_demo.LMConfig, seed: int, params=None) -> dict:
     vg = jax.jit(fpsim.nn.value_and_grad(loss, pol, watch=False))
     report = vg(params, None, x, y)[3]
     out = {}
-    for path, owner, name, s in fpsim.nn._apply.param_paths(report.grad_scales):
+    for _path, owner, name, s in fpsim.nn._apply.param_paths(report.grad_scales):
         if name in ("kernel", "embedding", "scale"):
             out[owner] = int(np.log2(float(s)))
     return out

@@ -237,7 +237,8 @@ class AdaptiveLossScaling:
             raise ValueError(
                 f"max_log2 must be an int in [0, 126] or None, got {self.max_log2!r}"
             )
-        if not (isinstance(self.underflow_rate, float | int) and 0 < self.underflow_rate < 1):
+        rate = self.underflow_rate
+        if not (isinstance(rate, float | int) and 0 < rate < 1):
             raise ValueError(
                 f"underflow_rate must be a probability in (0, 1), got "
                 f"{self.underflow_rate!r}"
