@@ -7,7 +7,28 @@ Every run trains the demo's character transformer (``fpsim.showcase.lm_demo``) u
 ``fp16_pure`` with Adam, from the same seed and batches; the table is the demo's own
 (held-out loss, gradients flushed, skipped steps, time of the loop after compilation),
 followed by the log2 of the per-layer scales the two adaptive rules chose at the first
-and the last step. Times are comparable only within one run of this script.
+step. Times are comparable only within one run of this script.
+
+Measured (``--steps 80``, one block, seed 0; a 2-core machine shared with other jobs,
+load average 10-13, so the times say little):
+
+=======================  ========  ==========  =======  =====
+run                      held out  grads lost  non-fin  time
+=======================  ========  ==========  =======  =====
+float32                  2.625     0           0        14.3s
+fp16 (no loss scaling)   2.624     0.95%       0        34.9s
+fp16 + loss scaling      2.625     0           0        21.9s
+fp16 adaptive (simple)   nan       0           78       17.9s
+fp16 adaptive (zhao)     2.624     0.60%       0        15.6s
+=======================  ========  ==========  =======  =====
+
+The simple rule lifts every layer by 2**11-2**19 at step 0 and a weight gradient
+(``mlp_out``'s, summed over 1024 tokens) overflows FP16 at step 2; with plain Adam
+nothing skips the step and the weights become NaN. Zhao et al.'s rule scales by 1 at
+step 0 (under its normal model fewer than 1e-3 of the backward products' entries fall
+below ``2**-24``); over the run it loses 0.60% of the gradients against 0.95% unscaled,
+so it lifted some layers later (the later scales are not recorded). At this size no
+FP16 run's held-out loss differs from float32's by more than 0.001.
 """
 
 from __future__ import annotations
