@@ -17,6 +17,10 @@ information out of the backward pass without side effects, the trick Flax's
 * an ``alpha`` input whose "gradient" is the layer's adaptive loss scale; a ``token``
   (an output of ``cast_in``, an input of ``cast_out``) carries the same scale from the
   output back to the layer's inputs, where the gradient is unscaled again.
+
+The backward rule sees only the cotangent and its residuals, not the layer's weights;
+an adaptive rule that needs them (Zhao et al.'s) gets their statistics, computed in the
+forward pass, as the ``weight`` input of ``cast_out`` (a residual, no gradient).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import jax.numpy as jnp
 from fpsim._keys import derive
 from fpsim.formats import Format
 from fpsim.nn._policy import Policy
-from fpsim.scaling import quantize_scaled
+from fpsim.scaling import WeightStats, quantize_scaled
 
 #: Which policy fields round a tensor at a boundary, forward and backward: a layer's
 #: input is read in ``compute`` and its gradient written in ``output``; a weight is read
@@ -104,6 +108,7 @@ class OutAux(NamedTuple):
     state: tuple | None  # ScaleState of the activation gradient (delayed scaling)
     alpha: jax.Array | None  # scalar zero; its gradient is the adaptive scale
     tokens: tuple | None  # from cast_in of this layer's inputs
+    weight: WeightStats | None = None  # the layer's weight, for the adaptive rule
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -127,7 +132,7 @@ def _cast_out_bwd(pol, res, g):
         scale = pol.scaling.scale(aux.state, fmt)
         new_state = type(aux.state)(*pol.scaling.update(aux.state, g, scale))
     elif pol.adaptive is not None:
-        scale = pol.adaptive.scale(g, fmt)
+        scale = pol.adaptive.scale(g, fmt, aux.weight)
     else:
         scale = None
     rnd, sat = pol.grad_rounding, pol.saturate
@@ -143,6 +148,7 @@ def _cast_out_bwd(pol, res, g):
         state=new_state,
         alpha=None if aux.alpha is None else scale,
         tokens=None if aux.tokens is None else tuple(scale for _ in aux.tokens),
+        weight=None,
     )
     return ct_y, ct_aux, None
 

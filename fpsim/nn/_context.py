@@ -9,6 +9,7 @@ states) leaves the traced function as ordinary outputs, so nothing is stateful.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +23,7 @@ from fpsim.nn._boundary import OutAux, cast_in, cast_out, formats
 from fpsim.nn._linen import interceptor
 from fpsim.nn._policy import Policy
 from fpsim.nn._stats import tensor_stats
+from fpsim.scaling import WeightStats, weight_stats
 
 #: Class names of the leaf layers intercepted by default (Linen and NNX).
 LAYER_NAMES: tuple[str, ...] = (
@@ -79,6 +81,7 @@ class Run:
         self.calls: dict[str, int] = {}
         self.records: dict[str, dict] = {}
         self.new_states: dict[str, Any] = {"inputs": {}, "params": {}}
+        self.kernels: dict[str, jax.Array] = {}  # {layer path: kernel as it reads it}
         self._n = 0
 
     # ----------------------------------------------------------------------------------
@@ -123,6 +126,8 @@ class Run:
                     f"{key!r} ({cls}) has several"
                 )
             aux = aux._replace(tokens=tokens if first else None)
+            if first and pol.adaptive is not None and pol.adaptive.needs_weights:
+                aux = aux._replace(weight=self._weight_stats(path, cls, args, y))
             yq = cast_out(pol, y, aux, self._site_key())
             if first and self.watch:
                 rec["outputs"] = tensor_stats(y, yq, pol.output)
@@ -158,10 +163,34 @@ class Run:
             self.new_states["inputs"][key] = tuple(new_states)
         return jax.tree.unflatten(tree, leaves), (tuple(tokens) if tokens else None)
 
+    def _weight_stats(self, path: str, cls: str, args, y) -> WeightStats | None:
+        """The statistics of the layer's kernel for Zhao et al.'s rule (None: no kernel,
+        or no floating-point input to pass a gradient to, as in ``Embed``).
+
+        ``terms`` (products per entry of ``dx = dy . W^T``): a convolution's kernel is
+        ``(*window, in, out)``, so ``window * out``; for the matrix layers (``Dense``,
+        ``DenseGeneral``, ``Linear``, ``Einsum``) every output row contracts one input
+        row with the kernel, so ``|y| / |x| = out / in`` and ``|W| = in * out`` give
+        ``out = sqrt(|W| * |y| / |x|)``, whatever the axes (``DenseGeneral``'s
+        ``(d, heads, head_dim)`` query kernel: ``heads * head_dim``).
+        """
+        w = self.kernels.get(path)
+        xs = [a for a in jax.tree.leaves(args) if is_float(a)]
+        if w is None or not xs or w.ndim < 2:
+            return None
+        if "Conv" in cls:
+            terms = w.size // w.shape[-2]
+        else:
+            terms = max(round(math.sqrt(w.size * y.size / xs[0].size)), 1)
+        return weight_stats(w, terms)
+
     # ----------------------------------------------------------------------------------
     def cast_param(self, path: str, name: str, owner_cls: str, owner: str, p):
         """The weight ``p`` as the layer sees it (a cast of the stored weight)."""
         pol = self.policy.for_module(owner, owner_cls)
+        adaptive = pol.adaptive is not None and pol.adaptive.needs_weights
+        if adaptive and name == "kernel" and is_float(p):
+            self.kernels[owner] = p  # replaced by its cast below, if it is cast
         if not is_float(p) or (pol.param_names is not None and name not in pol.param_names):
             return p
         fwd, bwd = formats(pol, "param")
@@ -172,7 +201,10 @@ class Run:
         if pol.scaling is not None and fwd is not None and state is not None:
             scale = pol.scaling.scale(state, fwd)
             self.new_states["params"][path] = pol.scaling.update(state, p, scale)
-        return cast_in(pol, "param", p, scale, None, self._site_key())[0]
+        q = cast_in(pol, "param", p, scale, None, self._site_key())[0]
+        if adaptive and name == "kernel":
+            self.kernels[owner] = q  # the weight the layer's backward product uses
+        return q
 
 
 def current() -> Run | None:

@@ -118,8 +118,9 @@ def make_train_step(
       policy: a :class:`Policy` or preset name. With ``param`` set (``"fp16_pure"``)
         the weights are kept in that format: rounded at init and after every update
         (no float32 master copy).
-      optimizer: an optax transformation; with adaptive loss scaling its ``update``
-        receives ``grad_scales=`` (``fpsim.optim`` loss-scaling wrappers accept it).
+      optimizer: an optax transformation. With adaptive loss scaling the step divides
+        each weight gradient by its layer's scale (``Report.grad_scales``) before the
+        optimizer sees it, so any optimizer works.
       loss_fn: ``loss_fn(logits, labels) -> scalar``, evaluated in float32.
       loss_scale: multiplies the loss before differentiating: a number, or a function of
         the optimizer state (``fpsim.optim.current_loss_scale``); the optimizer must
@@ -184,8 +185,13 @@ def make_train_step(
             state.params, state.policy_state, x, y, scale, key=key
         )
         loss, acc = report.aux
-        extra = {} if report.grad_scales is None else {"grad_scales": report.grad_scales}
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
+        if report.grad_scales is not None:
+            # adaptive loss scaling: each weight gradient came out times its layer's
+            # scale (a power of two, so the division is exact); undone here, so that
+            # every optax optimizer works (optax's own chains silently drop an unknown
+            # ``grad_scales=`` argument and would train on the scaled gradients)
+            grads = jax.tree.map(lambda g, s: g / s, grads, report.grad_scales)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         classes = module_classes(state.params, x, y, scale)
         params = store(optax.apply_updates(state.params, updates), policy, classes)
         finite = jnp.all(

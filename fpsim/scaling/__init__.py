@@ -8,7 +8,8 @@ recipe is a frozen dataclass here, so a new recipe is a new value:
   frameworks' rules :data:`PYTORCH`, :data:`KERAS`, :data:`FLAX`, :data:`JMP`):
   ``init() -> LossScale``, ``unscale(grads, scale)``, ``adjust(state, finite)``;
 * per-tensor scaling: FP8 :class:`DelayedScaling` (amax history, margin),
-  :class:`CurrentScaling`, layer-wise :class:`AdaptiveLossScaling`;
+  :class:`CurrentScaling`, layer-wise :class:`AdaptiveLossScaling` (rules ``"simple"``
+  and ``"zhao"``; the latter reads the layer's :class:`WeightStats`);
 * exact scale arithmetic (:mod:`fpsim.scaling._exact`): rounded once, subnormals kept.
 
 ``fpsim.optim`` wraps the loss-scaling rules as optax transformations and ``fpsim.nn``
@@ -30,10 +31,13 @@ from fpsim.scaling._tensor import AdaptiveLossScaling as AdaptiveLossScaling
 from fpsim.scaling._tensor import CurrentScaling as CurrentScaling
 from fpsim.scaling._tensor import DelayedScaling as DelayedScaling
 from fpsim.scaling._tensor import ScaleState as ScaleState
+from fpsim.scaling._tensor import WeightStats as WeightStats
 from fpsim.scaling._tensor import quantize_scaled as quantize_scaled
+from fpsim.scaling._tensor import weight_stats as weight_stats
 
 __all__ = [
     "FLAX", "JMP", "KERAS", "PYTORCH", "RULES", "AdaptiveLossScaling", "CurrentScaling",
     "DelayedScaling", "DynamicLossScaling", "LossScale", "ScaleState",
-    "StaticLossScaling", "get_rule", "is_stuck", "quantize_scaled", "unscale",
+    "StaticLossScaling", "WeightStats", "get_rule", "is_stuck", "quantize_scaled",
+    "unscale", "weight_stats",
 ]  # fmt: skip
