@@ -9,8 +9,10 @@ experiment (``tests/test_blocks_e8m0.py`` pins each of them):
   ``2**(E+1)`` if ``f >= 1/2``: to nearest *in the mantissa*, ties (``1.5 * 2**E``)
   **up**. Note that the tie point is the arithmetic midpoint ``1.5 * 2**E``, not the
   geometric one ``sqrt(2) * 2**E``;
-* a float32 subnormal goes to ``2**-127`` (code 0) if it is ``<= 2**-127`` and to
-  ``2**-126`` (code 1) otherwise: not the midpoint rule, its own;
+* a float32 subnormal goes to ``2**-127`` (code 0) if it is below ``1.5 * 2**-127``
+  and to ``2**-126`` (code 1) from there on: the same midpoint rule, ties up, and
+  everything below ``2**-127`` goes to it (there is no zero). This is ml_dtypes 0.7;
+  earlier versions sent every subnormal above ``2**-127`` to ``2**-126``;
 * ``+-0``, every negative number, ``+-inf``, NaN and anything that rounds past
   ``2**127`` (``x >= 1.5 * 2**127``) go to NaN (code 255).
 
@@ -36,6 +38,7 @@ from fpsim.formats import Format
 NAN_CODE = 0xFF
 _HALF = 1 << 22  # float32 mantissa bit worth one half
 _SUB_2M127 = 0x00400000  # float32 bits of 2**-127 (a subnormal)
+_SUB_MID = 0x00600000  # 1.5 * 2**-127: the midpoint between codes 0 and 1
 
 
 def _check(fmt: Format) -> None:
@@ -67,6 +70,8 @@ def codes_from_f32(x: jax.Array, rounding: str = "nearest", saturate: bool = Fal
     normal = e + up.astype(jnp.int32)  # code = E - 127 + 127, plus the carry
     if rounding in ("down", "toward_zero"):
         sub = jnp.zeros_like(e)
+    elif rounding == "nearest":
+        sub = (a >= _SUB_MID).astype(jnp.int32)
     else:
         sub = (a > _SUB_2M127).astype(jnp.int32)
     code = jnp.where(e == 0, sub, normal)

@@ -142,6 +142,7 @@ def test_explain_all(capsys):
         (["explain", "1", "--format", "fp99"], "unknown format"),
         (["explain", "0x1ff", "--format", "e4m3"], "does not fit"),
         (["explain", "1", "--all", "--format", "fp16"], "not allowed"),
+        (["explain", "0.1", "0.2"], "fp16 is an element format: give one VALUE"),
         (["figures", "--outdir", "x", "--only", "nope.png"], "unknown figure"),
         (["nonsense"], "invalid choice"),
     ],
@@ -339,7 +340,7 @@ def test_tiny_input_error_and_probability(capsys):
         (["demo", "--seed", "9" * 23], "argument --seed: must be an integer from 0"),
         (["demo", "--seed", "-1"], "argument --seed: must be an integer from 0"),
         (["demo", "--steps", "0"], "argument --steps: must be a positive integer"),
-        (["explain", "0.1", "0.2"], "unrecognized arguments: 0.2"),
+        (["explain", "0.1", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
 def test_usage_errors_name_the_option(capsys, argv, message):

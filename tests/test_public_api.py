@@ -85,7 +85,9 @@ def test_cli_explain_and_formats_import_neither_jax_nor_numpy():
         "import sys, io, contextlib; from fpsim.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['explain', '0.1', '-f', 'fp16']); main(['explain', '1e-8', '--all'])\n"
-        "    main(['formats'])\n"
+        "    main(['formats']); main(['explain', '1', '-3', '957', '-f', 'mxfp8'])\n"
+        "    main(['explain', '1', '2', '-f', 'nvfp4'])\n"
+        "    main(['explain', '0.3', '-f', 'e8m0'])\n"
         "print(sorted(m for m in ('jax', 'numpy') if m in sys.modules))"
     )
     assert _run(code) == "[]"

@@ -43,7 +43,7 @@ def _odd_split(v: float) -> tuple[int, int]:
 
 def scales(xb, bfmt: BlockFormat, mode: str):
     """float32 scales of blocks along the last axis (shape ``xb.shape[:-1]``)."""
-    amax = jnp.max(_f32.bits(xb) & jnp.uint32(0x7FFFFFFF), axis=-1)
+    amax = _f32.amax_bits(xb)
     d, k = _odd_split(bfmt.element_max)
     s = _f32.div_small(jnp.minimum(amax, jnp.uint32(0x7F7FFFFF)), d, k)  # bits, exact
     if mode == "pow2":

@@ -62,7 +62,7 @@ def odd_split(v: float) -> tuple[int, int]:
 
 def scale_codes(xb: jax.Array, bfmt: BlockFormat, mode: str) -> jax.Array:
     """E8M0 scale codes (int32) of blocks along the last axis: shape ``xb.shape[:-1]``."""
-    amax = jnp.max(_f32.bits(xb) & jnp.uint32(0x7FFFFFFF), axis=-1)
+    amax = _f32.amax_bits(xb)
     is_nan = amax > 0x7F800000
     if mode == "rceil":
         d, k = odd_split(bfmt.element_max)

@@ -3,6 +3,7 @@
     fpsim explain 0.1 --format fp16     # bits, exact stored value, error, rounding modes
     fpsim explain 0x3c00 --format fp16  # decode a bit pattern
     fpsim explain 1e-8 --all            # one line per format
+    fpsim explain 0.1 3 -7 957 -f mxfp8 # one block: amax, scale, each element's code
     fpsim formats                       # the table of predefined formats
     fpsim figures --outdir figures      # regenerate the figures
     fpsim demo --fast                   # train a small model in several formats
@@ -128,19 +129,41 @@ def block_formats_table() -> list[str]:
     return lines
 
 
+def _block_format(name: str):
+    """The block format called ``name``, or None when it names none."""
+    from fpsim.blocks._format import _ALIASES  # plain Python, no JAX
+
+    return _ALIASES.get(name.strip().lower())
+
+
 def _cmd_explain(args) -> int:
-    value = parse_value(args.value)
+    values = [parse_value(v) for v in args.value]
     if args.all:
-        print(explain_all(value, wide=args.wide))
+        if len(values) > 1 or args.scale_mode:
+            raise CliError("--all explains one VALUE in every element format")
+        print(explain_all(values[0], wide=args.wide))
         return 0
-    fmt = get_format("fp16" if args.format is None else args.format)
-    if fmt.convention == "fnu":  # E8M0: no sign, no zero; its own rounding rules
+    name = "fp16" if args.format is None else args.format
+    bfmt = _block_format(name)
+    if bfmt is not None:
+        from fpsim.cli._explain_blocks import explain_blocks
+
+        print(explain_blocks(values, bfmt, args.scale_mode))
+        return 0
+    fmt = get_format(name)  # unknown: the message lists element and block formats
+    if args.scale_mode:
+        raise CliError(f"--scale-mode is for block formats (mxfp8, ...), not {fmt.name}")
+    if len(values) > 1:
         raise CliError(
-            f"{fmt.name} is the exponent-only scale type of the MX formats: explain does "
-            "not cover it yet (its rules are in fpsim._e8m0's docstring); "
-            "use fpsim.quantize or fpsim.encode"
+            f"{fmt.name} is an element format: give one VALUE (several values are for "
+            "a block format: --format mxfp8, mxfp4, nvfp4, ...)"
         )
-    print(explain(value, fmt))
+    if fmt.convention == "fnu":  # E8M0: no sign, no zero; its own rounding rules
+        from fpsim.cli._explain_blocks import explain_e8m0
+
+        print(explain_e8m0(values[0]))
+        return 0
+    print(explain(values[0], fmt))
     return 0
 
 
@@ -208,13 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "value",
         metavar="VALUE",
-        help="a decimal (0.1, -1e-8, 1/3), inf, nan, or a bit pattern (0x3c00, 0b0101)",
+        nargs="+",
+        help="a decimal (0.1, -1e-8, 1/3), inf, nan, or a bit pattern (0x3c00, 0b0101); "
+        "for a block format, several decimals (one block, padded with zeros)",
     )
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--format", "-f", help="format name (default fp16)")
+    group.add_argument(
+        "--format",
+        "-f",
+        help="format name (default fp16), or a block format: mxfp8, "
+        "mxfp6_e3m2, mxfp6_e2m3, mxfp4, mxint8, nvfp4, ..., or e8m0",
+    )
     group.add_argument("--all", action="store_true", help="one line per predefined format")
     p.add_argument(
         "--wide", action="store_true", help="with --all: add the bit fields (122 columns)"
+    )
+    p.add_argument(
+        "--scale-mode",
+        choices=("floor", "ceil", "even", "rceil"),
+        help="MX formats: how the E8M0 scale follows the amax (default: the format's, "
+        "floor)",
     )
     p.set_defaults(run=_cmd_explain)
     p = sub.add_parser("formats", help="table of the predefined formats")
