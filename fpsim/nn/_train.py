@@ -143,7 +143,7 @@ def make_train_step(
       ``watch`` ``layers`` (``{layer: LayerStats}``) and ``weight_grads``. With
       recipe statistics and a policy that has a recipe, ``recipe``: ``{layer:
       RecipeStats}``, one :class:`fpsim.blocks.BlockSummary` per operand of each of
-      the layer's three GEMMs (``metrics["recipe"]["mlp_in"].wgrad_g.underflow``: the
+      the layer's three GEMMs (``metrics["recipe"]["Dense_0"].wgrad_g.underflow``: the
       fraction of the output gradient's nonzero elements that the weight-gradient
       GEMM's quantization, in blocks along the tokens, flushed to zero this step).
 
