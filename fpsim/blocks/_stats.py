@@ -156,13 +156,16 @@ def summarize(xb, elements, values, scales, bfmt: BlockFormat) -> BlockSummary:
     """:class:`BlockSummary` of blocks ``xb`` quantized to ``elements`` (on their own
     grid) and ``values``, from the quantization's own intermediates (any layout in
     which ``xb``, ``elements`` and ``values`` correspond element by element)."""
-    nonzero, flushed, saturated = _flags(xb, elements, values, bfmt)
-    n = jnp.sum(nonzero, dtype=jnp.int32)
+    # one reduction for the three counts: XLA on CPU recomputes the quantization inside
+    # every reduction that reads it (cheap integer steps are duplicated, not stored),
+    # so three sums would cost three quantizations, this one costs one
+    flags = jnp.stack(_flags(xb, elements, values, bfmt)).reshape(3, -1)
+    n, flushed, saturated = jnp.sum(flags, axis=1, dtype=jnp.int32)
     per = jnp.maximum(n, 1).astype(jnp.float32)
     exp, valid = scale_exponents(scales, bfmt)
     return BlockSummary(
-        jnp.sum(flushed, dtype=jnp.int32).astype(jnp.float32) / per,
-        jnp.sum(saturated, dtype=jnp.int32).astype(jnp.float32) / per,
+        flushed.astype(jnp.float32) / per,
+        saturated.astype(jnp.float32) / per,
         n,
         exponent_histogram(exp, valid),
     )
