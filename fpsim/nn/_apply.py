@@ -196,9 +196,10 @@ def value_and_grad(fn: Callable, policy: Policy | str, *, watch: bool = True,
       has_aux: whether ``fn`` returns ``(loss, aux)``.
       layers: class names of the layers to intercept.
       recipe_stats: collect the recipe GEMMs' statistics (``Report.recipe``); None
-        follows ``watch``. Cheap next to the quantization itself (comparisons and
-        sums over each operand, from the quantization's own elements and scales), and
-        independent of ``watch``'s element statistics.
+        follows ``watch``. They are counted from the quantization's own elements and
+        scales, and independently of ``watch``'s element statistics; on CPU they cost
+        about one more quantization of every operand (XLA recomputes the cheap
+        integer steps inside the reduction that counts them).
 
     Returns:
       ``g(params, state, *args, key=None) -> (loss, grads, new_state, report)``, where

@@ -300,7 +300,14 @@ class RecipeStats(NamedTuple):
     With the random Hadamard transform (NVFP4) the ``wgrad`` operands are counted
     after the transform, as they are quantized; with stochastic rounding (NVFP4's
     ``g``) the flushed fraction is what this step's random draw flushed. Per-tensor
-    formats have one "block" (one scale): their histogram counts 1.
+    formats have one "block" (one scale): their histogram counts 1. The backward
+    GEMMs' counts leave the backward pass as float32 (a cotangent), exact up to
+    ``2**24`` elements or blocks per operand.
+
+    Example (the fraction of each layer's output gradient that the weight-gradient
+    GEMM flushed, in a training step's metrics)::
+
+        {layer: float(s.wgrad_g.underflow) for layer, s in metrics["recipe"].items()}
     """
 
     fprop_x: BlockSummary
