@@ -189,16 +189,15 @@ def _block_format(fmt):
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _classify_blocks(x, bfmt, axis):
     from fpsim.blocks._format import INT8
-    from fpsim.blocks._stats import _element_values, element_flags
+    from fpsim.blocks._stats import element_flags
 
-    codes, q, under, sat = element_flags(x, bfmt, axis=axis)
+    elements, q, under, sat = element_flags(x, bfmt, axis)
     ax = _bits.F32.to_bits(x) & jnp.uint32(0x7FFFFFFF)
     aq = _bits.F32.to_bits(q) & jnp.uint32(0x7FFFFFFF)
     if bfmt.element == INT8:  # integers: no subnormals
         cls = jnp.full(x.shape, 3, jnp.int8)
     else:
-        elem = jnp.abs(_element_values(codes.elements, bfmt))
-        cls = jnp.where(elem < jnp.float32(bfmt.element.min_normal), 2, 3)
+        cls = jnp.where(jnp.abs(elements) < bfmt.element.min_normal, 2, 3)
     cls = jnp.where(under, 1, cls)
     cls = jnp.where(sat, 4, cls)
     cls = jnp.where(aq > jnp.uint32(0x7F800000), 6, cls)  # a NaN block

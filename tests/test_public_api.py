@@ -29,6 +29,24 @@ TOP_LEVEL = {
     "AccumulatorModel", "ACCUMULATOR_PRESETS", "get_accumulator", "tc_dot_general",
     "tc_matmul",
 }  # fmt: skip
+NN = {
+    "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "RECIPES", "RECIPE_NAMES",
+    "AdaptiveLossScaling", "DelayedScaling", "LayerStats", "Policy", "Recipe",
+    "RecipeStats", "Report", "ScaleState", "TensorStats", "TrainState", "TrainStep",
+    "apply", "cross_entropy", "data_parallel_grads", "discover", "get_policy",
+    "get_recipe", "init_state", "instrument", "make_train_step", "quantized_dot_general",
+    "recipe_dot_general", "recipe_scope", "train", "underflow_fraction", "value_and_grad",
+    "with_recipe",
+}  # fmt: skip
+BLOCKS = {
+    "BLOCK_FORMATS", "E8M0", "EXPONENTS", "FP32_SCALE_MODES", "FP8_BLOCK_1x128",
+    "FP8_BLOCK_128x128", "FP8_TENSOR", "FP8_TENSOR_POW2", "MXFP4", "MXFP6_E2M3",
+    "MXFP6_E3M2", "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8", "NVFP4", "NVFP4_16x16",
+    "SCALE_MODES", "TILE_FORMATS", "BlockCodes", "BlockFormat", "BlockStats",
+    "BlockSummary", "block_format_names", "block_stats", "decode_blocks",
+    "encode_blocks", "get_block_format", "hadamard_matrix", "inverse_random_hadamard",
+    "quantize_blocks", "quantize_with_summary", "random_hadamard",
+}  # fmt: skip
 SUBPACKAGES = {
     "blocks", "cli", "comm", "nn", "numerics", "optim", "plot", "reference", "scaling",
     "showcase",
@@ -46,6 +64,17 @@ def _run(code: str) -> str:
 def test_top_level_names_are_exactly_these():
     assert set(fpsim.__all__) == TOP_LEVEL | {"__version__"}
     assert set(fpsim._NAMES) == TOP_LEVEL
+
+
+def test_nn_and_blocks_names_are_exactly_these():
+    import fpsim.blocks
+    import fpsim.nn
+
+    assert set(fpsim.nn.__all__) == NN
+    assert set(fpsim.blocks.__all__) == BLOCKS
+    for mod in (fpsim.nn, fpsim.blocks):
+        for name in mod.__all__:
+            getattr(mod, name)
 
 
 def test_every_public_name_resolves_to_its_module():

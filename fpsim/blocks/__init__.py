@@ -5,7 +5,8 @@ elements; see :mod:`fpsim.blocks._format` for the formats and :mod:`fpsim.blocks
 and :mod:`fpsim.blocks._nvfp4` for how scales are chosen and where the reference
 implementations (torchao, gfloat, ml_dtypes, Transformer Engine) disagree. Also here:
 2-D tiles and float32 scales (DeepSeek-V3's FP8 blocks, per-tensor current scaling:
-:mod:`fpsim.blocks._fp32scale`), per-block statistics (:func:`block_stats`) and the
+:mod:`fpsim.blocks._fp32scale`), per-block statistics (:func:`block_stats`; reduced
+per tensor in the same pass as the quantization: :func:`quantize_with_summary`) and the
 random Hadamard transform of NVFP4 training (:func:`random_hadamard`).
 
 >>> import numpy as np
@@ -52,7 +53,16 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         ("hadamard_matrix", "inverse_random_hadamard", "random_hadamard"), "_hadamard"
     ),
-    **dict.fromkeys(("EXPONENTS", "BlockStats", "block_stats"), "_stats"),
+    **dict.fromkeys(
+        (
+            "EXPONENTS",
+            "BlockStats",
+            "BlockSummary",
+            "block_stats",
+            "quantize_with_summary",
+        ),
+        "_stats",
+    ),  # fmt: skip
 }
 
 
@@ -75,14 +85,20 @@ if TYPE_CHECKING:
         inverse_random_hadamard,
         random_hadamard,
     )
-    from fpsim.blocks._stats import EXPONENTS, BlockStats, block_stats
+    from fpsim.blocks._stats import (
+        EXPONENTS,
+        BlockStats,
+        BlockSummary,
+        block_stats,
+        quantize_with_summary,
+    )
 
 __all__ = [
     "BLOCK_FORMATS", "E8M0", "EXPONENTS", "FP32_SCALE_MODES", "FP8_BLOCK_1x128",
     "FP8_BLOCK_128x128", "FP8_TENSOR", "FP8_TENSOR_POW2", "MXFP4", "MXFP6_E2M3",
     "MXFP6_E3M2", "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8", "NVFP4", "NVFP4_16x16",
     "SCALE_MODES", "TILE_FORMATS", "BlockCodes", "BlockFormat", "BlockStats",
-    "block_format_names", "block_stats", "decode_blocks", "encode_blocks",
-    "get_block_format", "hadamard_matrix", "inverse_random_hadamard", "quantize_blocks",
-    "random_hadamard",
+    "BlockSummary", "block_format_names", "block_stats", "decode_blocks",
+    "encode_blocks", "get_block_format", "hadamard_matrix", "inverse_random_hadamard",
+    "quantize_blocks", "quantize_with_summary", "random_hadamard",
 ]  # fmt: skip

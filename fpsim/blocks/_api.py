@@ -152,20 +152,50 @@ def _scales_in(sc, axes, bfmt: BlockFormat):
     return jnp.moveaxis(sc, axes, tuple(range(-k, 0)))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def _quantize(x, key, bfmt, mode, rounding, random_bits, ax):
-    xb = _to_blocks(x, ax, bfmt)
+def parts(xb, key, bfmt: BlockFormat, mode, rounding, random_bits):
+    """One quantization of blocks laid out along the last axis, in its three parts.
+
+    Returns ``(elements, values, scales, tensor_scale)``: the elements on their own
+    grid (float32), the values they represent (``element * scale``, float32), the
+    block scales as stored (E8M0 codes as int32; NVFP4's E4M3 block scales as float32
+    values; float32 scales) and NVFP4's float32 tensor scale (else None).
+    :func:`quantize_blocks` keeps the values, :func:`encode_blocks` encodes the
+    elements and scales, :func:`fpsim.blocks.quantize_with_summary` counts what the
+    elements lost (XLA drops what a caller does not use).
+    """
     if bfmt.scale == FP32:
         s = _fp32scale.scales(xb, bfmt, mode)
         q = _fp32scale.elements(xb, s, bfmt, mode, rounding, key, random_bits)
-        out = _fp32scale.dequantize(q, s, mode)
-    elif bfmt.tensor_scale:
+        return q, _fp32scale.dequantize(q, s, mode), s, None
+    if bfmt.tensor_scale:
         ts, bs, safe_ts = _nvfp4.scales(xb)
-        out = _nvfp4.values(xb, ts, bs, safe_ts, rounding, key, random_bits)
-    else:
-        code = _mx.scale_codes(xb, bfmt, mode)
-        out = _mx.values(xb, code, bfmt, mode, rounding, key, random_bits)
+        q = _nvfp4.elements(xb, ts, bs, safe_ts, rounding, key, random_bits)
+        return q, _nvfp4.dequantize(q, ts, bs), bs, ts
+    code = _mx.scale_codes(xb, bfmt, mode)
+    q = _mx.elements(xb, code, bfmt, mode, rounding, key, random_bits)
+    return q, _mx.apply_scale(q, code), code, None
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _quantize(x, key, bfmt, mode, rounding, random_bits, ax):
+    _, out, _, _ = parts(_to_blocks(x, ax, bfmt), key, bfmt, mode, rounding, random_bits)
     return _from_blocks(out, ax, bfmt, x.shape)
+
+
+def checked(x, bfmt, axis, scale_mode, rounding, key, random_bits):
+    """The arguments of :func:`quantize_blocks`, validated: ``(x as float32, format,
+    scale mode, blocked axes, key or None)``."""
+    bfmt, mode = _resolve(bfmt, scale_mode)
+    x, ax = _prepare(x, bfmt, rounding, axis)
+    if rounding == "stochastic":
+        key = canonical_key(key, what="quantize_blocks(..., rounding='stochastic')")
+    else:
+        key = None
+    if random_bits is not None and not (
+        isinstance(random_bits, int) and 1 <= random_bits <= 32
+    ):
+        raise ValueError(f"random_bits must be an int in 1..32, got {random_bits!r}")
+    return x, bfmt, mode, ax, key
 
 
 def quantize_blocks(
@@ -206,34 +236,20 @@ def quantize_blocks(
       >>> float(quantize_blocks(x, "mxfp8")[0])
       896.0
     """
-    bfmt, mode = _resolve(bfmt, scale_mode)
-    x, ax = _prepare(x, bfmt, rounding, axis)
-    if rounding == "stochastic":
-        key = canonical_key(key, what="quantize_blocks(..., rounding='stochastic')")
-    else:
-        key = None
-    if random_bits is not None and not (
-        isinstance(random_bits, int) and 1 <= random_bits <= 32
-    ):
-        raise ValueError(f"random_bits must be an int in 1..32, got {random_bits!r}")
+    x, bfmt, mode, ax, key = checked(x, bfmt, axis, scale_mode, rounding, key, random_bits)
     return _quantize(x, key, bfmt, mode, rounding, random_bits, ax)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _encode(x, bfmt, mode, ax):
     xb = _to_blocks(x, ax, bfmt)
+    q, _, scales, ts = parts(xb, None, bfmt, mode, "nearest", None)
     if bfmt.scale == FP32:
-        s = _fp32scale.scales(xb, bfmt, mode)
-        q = _fp32scale.elements(xb, s, bfmt, mode, "nearest", None, None)
-        elements, scales, ts = _fp32scale.element_codes(q, bfmt), s, None
+        elements = _fp32scale.element_codes(q, bfmt)
     elif bfmt.tensor_scale:
-        ts, bs, safe_ts = _nvfp4.scales(xb)
-        q = _nvfp4.elements(xb, ts, bs, safe_ts, "nearest", None, None)
-        elements, scales = _nvfp4.element_codes(q), _nvfp4.scale_codes(bs)
+        elements, scales = _nvfp4.element_codes(q), _nvfp4.scale_codes(scales)
     else:
-        code = _mx.scale_codes(xb, bfmt, mode)
-        q = _mx.elements(xb, code, bfmt, mode, "nearest", None, None)
-        elements, scales, ts = _mx.element_codes(q, bfmt), code.astype(jnp.uint8), None
+        elements, scales = _mx.element_codes(q, bfmt), scales.astype(jnp.uint8)
     scales = _scales_out(scales, ax, bfmt)
     return BlockCodes(_from_blocks(elements, ax, bfmt, x.shape), scales, ts)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-_INF = 0x7F800000
-_ABS = 0x7FFFFFFF
+#: float32 bit masks: +inf (all exponent bits) and the magnitude (all but the sign)
+INF = 0x7F800000
+ABS = 0x7FFFFFFF
 
 
 def bits(x):
@@ -41,9 +42,9 @@ def amax_bits(xb):
     """
     n = xb.shape[-1]
     if n <= 32 or n % 32:
-        return jnp.max(bits(xb) & jnp.uint32(_ABS), axis=-1)
+        return jnp.max(bits(xb) & jnp.uint32(ABS), axis=-1)
     xb = xb.reshape(*xb.shape[:-1], n // 32, 32)
-    m = lax.optimization_barrier(jnp.max(bits(xb) & jnp.uint32(_ABS), axis=-1))
+    m = lax.optimization_barrier(jnp.max(bits(xb) & jnp.uint32(ABS), axis=-1))
     return jnp.max(m, axis=-1)
 
 
@@ -78,7 +79,7 @@ def round_to_f32(n, p):
     r = jnp.where(s <= 0, left, right)  # the value in quanta: 2**23 <= r <= 2**24 if normal
     normal = ((e + 126).astype(jnp.uint32) << 23) + r
     out = jnp.where(e >= -126, normal, r)  # a subnormal's bits are its quanta count
-    out = jnp.where((e >= 128) | (out >= _INF), jnp.uint32(_INF), out)
+    out = jnp.where((e >= 128) | (out >= INF), jnp.uint32(INF), out)
     return jnp.where(n == 0, jnp.uint32(0), out)
 
 
@@ -89,10 +90,10 @@ def ldexp(x, k):
     inf and NaN pass through.
     """
     b = bits(x)
-    a = b & jnp.uint32(_ABS)
+    a = b & jnp.uint32(ABS)
     n, p = split(a)
     mag = round_to_f32(n, p + jnp.asarray(k, jnp.int32))
-    mag = jnp.where(a >= _INF, a, mag)
+    mag = jnp.where(a >= INF, a, mag)
     return from_bits((b & jnp.uint32(1 << 31)) | mag)
 
 
@@ -127,15 +128,15 @@ def mul_narrow(x, b):
     exact; inf * 0 and NaN give NaN.
     """
     bx, bb = bits(x), bits(b)
-    ax, ab = bx & jnp.uint32(_ABS), bb & jnp.uint32(_ABS)
+    ax, ab = bx & jnp.uint32(ABS), bb & jnp.uint32(ABS)
     nx, px = split(ax)
     nb, pb = split(ab)
     drop = jnp.maximum(32 - lax.clz(nb).astype(jnp.int32) - 8, 0)  # keep b's top 8 bits
     mag = round_to_f32(nx * (nb >> drop.astype(jnp.uint32)), px + pb + drop)
     sign = (bx ^ bb) & jnp.uint32(1 << 31)
-    inf = (ax == _INF) | (ab == _INF)
-    mag = jnp.where(inf, jnp.uint32(_INF), mag)
-    nan = (ax > _INF) | (ab > _INF) | (inf & ((ax == 0) | (ab == 0)))
+    inf = (ax == INF) | (ab == INF)
+    mag = jnp.where(inf, jnp.uint32(INF), mag)
+    nan = (ax > INF) | (ab > INF) | (inf & ((ax == 0) | (ab == 0)))
     return jnp.where(nan, jnp.float32(jnp.nan), from_bits(sign | mag))
 
 
@@ -160,7 +161,7 @@ def pow2(e):
 def ldexp_subnormal_24(b):
     """``x * 2**24`` exactly for a subnormal (or zero) float32 ``x`` given its bits ``b``:
     its magnitude bits are an integer number of units ``2**-149``."""
-    n = lax.bitcast_convert_type(b & jnp.uint32(_ABS), jnp.int32)  # signed: vectorises
+    n = lax.bitcast_convert_type(b & jnp.uint32(ABS), jnp.int32)  # signed: vectorises
     mag = n.astype(jnp.float32) * jnp.float32(2.0**-125)
     return from_bits(bits(mag) | (b & jnp.uint32(1 << 31)))
 
@@ -186,7 +187,7 @@ def scale_pow2(x, f):
     usually one pair per block, broadcast against the block's elements.
     """
     b = bits(x)
-    sub = (b & jnp.uint32(_INF)) == 0  # zero or subnormal
+    sub = (b & jnp.uint32(INF)) == 0  # zero or subnormal
     xf = jnp.where(sub, ldexp_subnormal_24(b), x)
     y = (xf * f[0]) * f[1]
     return jnp.where(sub, y * jnp.float32(2.0**-24), y)

@@ -12,20 +12,23 @@ measured against the amax's binade. Two things can go wrong, block by block:
   448), and is clipped to ``max * scale`` (896). "ceil" and "rceil" never saturate.
 
 :func:`block_stats` counts both per block and gives the histogram of the scales'
-exponents (how many binades the tensor's blocks span).
+exponents (how many binades the tensor's blocks span). :func:`quantize_with_summary`
+quantizes and counts in one pass, reduced to a few numbers per tensor
+(:class:`BlockSummary`): what a training step can afford to report for every operand
+of every GEMM (:mod:`fpsim.nn`'s recipe statistics).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from fpsim.blocks import _f32
-from fpsim.blocks._api import _axes, _scales_out, _to_blocks, decode_blocks, encode_blocks
-from fpsim.blocks._format import INT8, BlockFormat, get_block_format
-from fpsim.codec import decode
+from fpsim.blocks._api import _from_blocks, _scales_out, _to_blocks, checked, parts
+from fpsim.blocks._format import BlockFormat
 from fpsim.formats import FP32
 
 #: The exponents the histogram counts, ``exponent_counts[i]`` is for ``EXPONENTS[i]``.
@@ -54,37 +57,6 @@ class BlockStats(NamedTuple):
     exponent_counts: jax.Array
 
 
-def _element_values(codes, bfmt: BlockFormat):
-    if bfmt.element == INT8:
-        return codes.astype(jnp.int8).astype(jnp.float32) * jnp.float32(2.0**-6)
-    return decode(codes, bfmt.element)
-
-
-def element_flags(x, bfmt: BlockFormat, *, axis=-1, scale_mode: str | None = None):
-    """What block quantization does to each element of float32 ``x``.
-
-    Returns ``(codes, q, underflow, saturated)``: the :class:`BlockCodes`, the decoded
-    values, and two boolean arrays of ``x``'s shape: *underflow*, a finite nonzero
-    element that comes back as zero (its block's scale, set by the block's largest
-    element, put it below the element format's smallest value); *saturated*, a finite
-    element whose magnitude exceeds the largest its block can hold and is clipped to it.
-    Both are computed on bit patterns: XLA on CPU reads float32 subnormal operands of
-    float compares as zero, and a block of tiny values is made of subnormals.
-    """
-    codes = encode_blocks(x, bfmt, axis=axis, scale_mode=scale_mode)
-    q = decode_blocks(codes, bfmt, axis=axis)
-    if bfmt.element == INT8:
-        at_max = (codes.elements == 0x7F) | (codes.elements == 0x80)
-    else:
-        elem = jnp.abs(_element_values(codes.elements, bfmt))
-        at_max = elem == jnp.float32(bfmt.element_max)
-    ax, aq = (_f32.bits(v) & jnp.uint32(_f32._ABS) for v in (x, q))
-    finite = ax < jnp.uint32(_f32._INF)
-    under = finite & (ax != 0) & (aq == 0)
-    sat = finite & at_max & (ax > aq)
-    return codes, q, under, sat
-
-
 def block_stats(
     x: jax.typing.ArrayLike,
     bfmt: BlockFormat | str,
@@ -107,27 +79,154 @@ def block_stats(
       >>> int(st.scale_exponent[0])
       1
     """
-    bfmt = get_block_format(bfmt)
-    x = jnp.asarray(x, jnp.float32)
-    codes, q, under, sat = element_flags(x, bfmt, axis=axis, scale_mode=scale_mode)
-    axes = _axes(x.ndim, bfmt, axis)
+    x, bfmt, mode, ax, _ = checked(x, bfmt, axis, scale_mode, "nearest", None, None)
+    return _block_stats(x, bfmt, mode, ax)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _block_stats(x, bfmt, mode, ax):
+    xb = _to_blocks(x, ax, bfmt)
+    el, out, scales, _ = parts(xb, None, bfmt, mode, "nearest", None)
+    _, under, sat = _flags(xb, el, out, bfmt)
 
     def per_block(flags):
-        f = _to_blocks(flags.astype(jnp.float32), axes, bfmt)
-        return _scales_out(jnp.mean(f, axis=-1), axes, bfmt)
+        return _scales_out(jnp.mean(flags.astype(jnp.float32), axis=-1), ax, bfmt)
 
-    if bfmt.tensor_scale or bfmt.scale == FP32:  # the block scale's binade
-        bs = codes.scales if bfmt.scale == FP32 else decode(codes.scales, bfmt.scale)
-        exp = _f32.floor_log2(_f32.bits(bs) & jnp.uint32(0x7FFFFFFF))
-        abits = _f32.bits(bs) & jnp.uint32(_f32._ABS)
-        valid = (abits > 0) & (abits < jnp.uint32(_f32._INF))
-    else:
-        code = codes.scales.astype(jnp.int32)
-        exp, valid = code - 127, code != 0xFF
-    exp = jnp.where(valid, exp, -128)
-    counts = (
-        jnp.zeros(len(EXPONENTS), jnp.int32)
-        .at[jnp.where(valid, exp + 127, 255)]
-        .add(1, mode="drop")
+    exp, valid = scale_exponents(scales, bfmt)
+    exp_out = _scales_out(jnp.where(valid, exp, -128), ax, bfmt)
+    return BlockStats(
+        per_block(under), per_block(sat), exp_out, exponent_histogram(exp, valid)
     )
-    return BlockStats(per_block(under), per_block(sat), exp, counts)
+
+
+def _flags(xb, elements, values, bfmt: BlockFormat):
+    """Per element: (nonzero and finite, flushed to zero, saturated).
+
+    Magnitudes are compared as bit patterns: XLA on CPU reads float32 subnormal
+    operands of float compares as zero, and a block of tiny values is made of them.
+    """
+    ax, av = (_f32.bits(v) & jnp.uint32(_f32.ABS) for v in (xb, values))
+    finite = ax < jnp.uint32(_f32.INF)
+    nonzero = finite & (ax != 0)
+    flushed = nonzero & (av == 0)
+    # at the elements' max (MXINT8: 127/64, or -2 whose magnitude is above it)
+    at_max = jnp.abs(elements) >= jnp.float32(bfmt.element_max)
+    return nonzero, flushed, finite & at_max & (ax > av)
+
+
+def element_flags(x, bfmt: BlockFormat, axis=-1):
+    """Per element of ``x`` (validated float32, ``axis`` as ``quantize_blocks`` takes
+    it): ``(elements, values, flushed, saturated)``, in ``x``'s layout: each element
+    on its own grid, the value it comes back as, whether it was nonzero and finite
+    and came back as zero (its block's scale, set by the block's largest element, put
+    it below the grid), and whether it was clipped to the largest its block holds."""
+    x, bfmt, mode, ax, _ = checked(x, bfmt, axis, None, "nearest", None, None)
+    xb = _to_blocks(x, ax, bfmt)
+    el, out, _, _ = parts(xb, None, bfmt, mode, "nearest", None)
+    _, under, sat = _flags(xb, el, out, bfmt)
+    back = functools.partial(_from_blocks, axes=ax, bfmt=bfmt, shape=x.shape)
+    return back(el), back(out), back(under), back(sat)
+
+
+def scale_exponents(scales, bfmt: BlockFormat) -> tuple[jax.Array, jax.Array]:
+    """``(log2 of each block scale, whether the scale is a number)`` (int32, bool).
+
+    ``scales`` as stored: E8M0 codes (MX: the exponent is the code minus 127, code
+    0xFF is NaN), NVFP4's E4M3 block scales as values or float32 scales (both:
+    ``floor(log2)``; zero, inf and NaN are not numbers here).
+    """
+    if bfmt.tensor_scale or bfmt.scale == FP32:  # the block scale's binade
+        a = _f32.bits(scales) & jnp.uint32(_f32.ABS)  # bits: a scale may be subnormal
+        return _f32.floor_log2(a), (a > 0) & (a < jnp.uint32(_f32.INF))
+    code = scales.astype(jnp.int32)
+    return code - 127, code != 0xFF
+
+
+def exponent_histogram(exp, valid) -> jax.Array:
+    """int32[255]: how many valid scales have each exponent of :data:`EXPONENTS`."""
+    idx = jnp.where(valid, exp + 127, 255).reshape(-1)
+    return jnp.zeros(len(EXPONENTS), jnp.int32).at[idx].add(1, mode="drop")
+
+
+class BlockSummary(NamedTuple):
+    """What quantizing one tensor to a block format lost, reduced to a few numbers.
+
+    Attributes:
+      underflow: float32 scalar: of the tensor's nonzero finite elements, the fraction
+        that came back as zero (too small for their block's scale: below half the
+        smallest step ``element min_subnormal * scale``; with stochastic rounding,
+        those this draw rounded down to zero).
+      saturated: float32 scalar: of the nonzero finite elements, the fraction whose
+        magnitude exceeded the largest their block holds (``element max * scale``)
+        and were clipped to it.
+      nonzero: int32 scalar: how many nonzero finite elements the fractions are of
+        (``underflow * nonzero`` is the number flushed, to sum over tensors).
+      exponent_counts: int32[255]: how many blocks have each scale exponent of
+        :data:`EXPONENTS`, as in :class:`BlockStats`.
+    """
+
+    underflow: jax.Array
+    saturated: jax.Array
+    nonzero: jax.Array
+    exponent_counts: jax.Array
+
+
+def summarize(xb, elements, values, scales, bfmt: BlockFormat) -> BlockSummary:
+    """:class:`BlockSummary` of blocks ``xb`` quantized to ``elements`` (on their own
+    grid) and ``values``, from the quantization's own intermediates (any layout in
+    which ``xb``, ``elements`` and ``values`` correspond element by element)."""
+    # one reduction for the three counts: XLA on CPU recomputes the quantization inside
+    # every reduction that reads it (cheap integer steps are duplicated, not stored),
+    # so three sums would cost three quantizations, this one costs one
+    flags = jnp.stack(_flags(xb, elements, values, bfmt)).reshape(3, -1)
+    n, flushed, saturated = jnp.sum(flags, axis=1, dtype=jnp.int32)
+    per = jnp.maximum(n, 1).astype(jnp.float32)
+    exp, valid = scale_exponents(scales, bfmt)
+    return BlockSummary(
+        flushed.astype(jnp.float32) / per,
+        saturated.astype(jnp.float32) / per,
+        n,
+        exponent_histogram(exp, valid),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _quantize_summary(x, key, bfmt, mode, rounding, random_bits, ax):
+    xb = _to_blocks(x, ax, bfmt)
+    el, out, scales, _ = parts(xb, key, bfmt, mode, rounding, random_bits)
+    return _from_blocks(out, ax, bfmt, x.shape), summarize(xb, el, out, scales, bfmt)
+
+
+def quantize_with_summary(
+    x: jax.typing.ArrayLike,
+    bfmt: BlockFormat | str,
+    *,
+    axis: int | tuple[int, int] = -1,
+    scale_mode: str | None = None,
+    rounding: str = "nearest",
+    key: jax.Array | None = None,
+    random_bits: int | None = None,
+) -> tuple[jax.Array, BlockSummary]:
+    """:func:`~fpsim.blocks.quantize_blocks` and, from the same pass, a
+    :class:`BlockSummary` of what the elements lost.
+
+    The arguments are :func:`~fpsim.blocks.quantize_blocks`'s and the values are bit for
+    bit its result. The summary counts what :func:`block_stats` counts per block, over
+    the whole tensor (and for any rounding: :func:`block_stats` rounds to nearest),
+    from the quantization's own elements and scales: a few comparisons and sums more
+    than quantizing, no second quantization.
+
+    Example:
+      >>> import numpy as np
+      >>> from fpsim.blocks import quantize_with_summary
+      >>> x = np.full(64, 0.1, np.float32)
+      >>> x[0] = 6.0  # first block: scale 2**0, 0.1 < 0.25 flushes (31 of its 32)
+      >>> x[32] = 1.0  # second block: scale 2**-2, 0.1 / 0.25 = 0.4 rounds to 0.5
+      >>> q, s = quantize_with_summary(x, "mxfp4")
+      >>> round(float(s.underflow) * int(s.nonzero)), int(s.nonzero), float(s.saturated)
+      (31, 64, 0.0)
+      >>> [int(e) for e in np.flatnonzero(s.exponent_counts) - 127]  # the two scales
+      [-2, 0]
+    """
+    x, bfmt, mode, ax, key = checked(x, bfmt, axis, scale_mode, rounding, key, random_bits)
+    return _quantize_summary(x, key, bfmt, mode, rounding, random_bits, ax)

@@ -11,6 +11,12 @@
   holds them); :func:`instrument` prepares an NNX model; Linen needs nothing.
 * :func:`make_train_step` and :func:`train`: a jitted training step with loss,
   accuracy and gradient statistics, for demos and lessons.
+* Training recipes (:class:`Recipe`, :data:`RECIPES`: FP8 current and blockwise
+  scaling, MXFP8, NVFP4, ...): each of a linear layer's three GEMMs quantizes its
+  operands along its own contraction; usable as policies (``"mxfp8"``, or a
+  policy's ``recipe``), with per-layer statistics of every GEMM operand
+  (:class:`RecipeStats`), or directly (:func:`recipe_dot_general`,
+  :func:`recipe_scope`, :func:`with_recipe`).
 """
 
 from fpsim.nn._apply import Report as Report
@@ -30,6 +36,7 @@ from fpsim.nn._policy import get_policy as get_policy
 from fpsim.nn._recipes import RECIPE_NAMES as RECIPE_NAMES
 from fpsim.nn._recipes import RECIPES as RECIPES
 from fpsim.nn._recipes import Recipe as Recipe
+from fpsim.nn._recipes import RecipeStats as RecipeStats
 from fpsim.nn._recipes import get_recipe as get_recipe
 from fpsim.nn._recipes import recipe_dot_general as recipe_dot_general
 from fpsim.nn._recipes import recipe_scope as recipe_scope
@@ -47,9 +54,10 @@ from fpsim.scaling import ScaleState as ScaleState
 
 __all__ = [
     "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "RECIPES", "RECIPE_NAMES",
-    "AdaptiveLossScaling", "DelayedScaling", "LayerStats", "Policy", "Recipe", "Report",
-    "ScaleState", "TensorStats", "TrainState", "TrainStep", "apply", "cross_entropy",
-    "data_parallel_grads", "discover", "get_policy", "get_recipe", "init_state",
-    "instrument", "make_train_step", "quantized_dot_general", "recipe_dot_general",
-    "recipe_scope", "train", "underflow_fraction", "value_and_grad", "with_recipe",
+    "AdaptiveLossScaling", "DelayedScaling", "LayerStats", "Policy", "Recipe",
+    "RecipeStats", "Report", "ScaleState", "TensorStats", "TrainState", "TrainStep",
+    "apply", "cross_entropy", "data_parallel_grads", "discover", "get_policy",
+    "get_recipe", "init_state", "instrument", "make_train_step", "quantized_dot_general",
+    "recipe_dot_general", "recipe_scope", "train", "underflow_fraction", "value_and_grad",
+    "with_recipe",
 ]  # fmt: skip

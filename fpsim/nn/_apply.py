@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from fpsim.nn._boundary import OutAux
 from fpsim.nn._context import LAYER_NAMES, Run, activate
 from fpsim.nn._policy import Policy, as_policy
+from fpsim.nn._recipes import recipe_stats as _recipe_stats
+from fpsim.nn._recipes import zero_token
 from fpsim.nn._stats import LayerStats, tensor_stats
 from fpsim.stats import ValueCounts, value_counts
 
@@ -39,12 +41,16 @@ class Report(NamedTuple):
         scale each gradient leaf is multiplied by (pass it to the optimizer as
         ``grad_scales=``); else None.
       aux: the loss function's auxiliary output (``has_aux=True``), else None.
+      recipe: ``{layer key: RecipeStats}`` for the layers whose products ran under the
+        policy's recipe (empty without recipe statistics): what each operand of the
+        layer's three GEMMs lost to its block scales in this step.
     """
 
     layers: dict
     weight_grads: dict
     grad_scales: Any
     aux: Any
+    recipe: dict | None = None
 
 
 def _path_str(path) -> list[str]:
@@ -134,7 +140,8 @@ def apply(fn: Callable, policy: Policy | str, params, *args, state=None, key=Non
       *args: further arguments of ``fn``.
       state: delayed-scaling state (:func:`init_state`) for scaled policies; without it
         scaled tensors are cast with scale 1 (naively).
-      key: PRNG key, needed for stochastic rounding.
+      key: PRNG key, needed for stochastic rounding (a recipe's stochastic rounding
+        is in the backward pass: differentiating ``apply`` then needs it).
       layers: class names of the layers to intercept.
       **kwargs: passed to ``fn``.
 
@@ -177,7 +184,8 @@ def _diff_inputs(sites, state, watch: bool) -> dict:
 
 
 def value_and_grad(fn: Callable, policy: Policy | str, *, watch: bool = True,
-                   has_aux: bool = False, layers=LAYER_NAMES) -> Callable:  # fmt: skip
+                   has_aux: bool = False, layers=LAYER_NAMES,
+                   recipe_stats: bool | None = None) -> Callable:  # fmt: skip
     """Gradients of a scalar loss under ``policy``, with what the backward pass saw.
 
     Args:
@@ -187,6 +195,11 @@ def value_and_grad(fn: Callable, policy: Policy | str, *, watch: bool = True,
       watch: collect per-layer statistics (:class:`Report`); costs time.
       has_aux: whether ``fn`` returns ``(loss, aux)``.
       layers: class names of the layers to intercept.
+      recipe_stats: collect the recipe GEMMs' statistics (``Report.recipe``); None
+        follows ``watch``. They are counted from the quantization's own elements and
+        scales, and independently of ``watch``'s element statistics; on CPU they cost
+        about one more quantization of every operand (XLA recomputes the cheap
+        integer steps inside the reduction that counts them).
 
     Returns:
       ``g(params, state, *args, key=None) -> (loss, grads, new_state, report)``, where
@@ -195,23 +208,28 @@ def value_and_grad(fn: Callable, policy: Policy | str, *, watch: bool = True,
       backward pass computed them. jit it (``jax.jit(g)``).
     """
     policy = as_policy(policy)
+    rstats = watch if recipe_stats is None else bool(recipe_stats)
 
     def g(params, state, *args, key=None):
         state = state or {"inputs": {}, "params": {}, "grads": {}}
         sites = discover(fn, policy, params, *args, layers=layers)
         classes = _classes(sites)
 
-        def inner(params, diff, *args):
-            run = Run(policy, diff=diff, states=state, watch=watch, key=key, layers=layers)
+        def inner(params, diff, tokens, *args):
+            run = Run(policy, diff=diff, states=state, watch=watch, key=key, layers=layers,
+                      recipe_tokens=tokens)  # fmt: skip
             with activate(run):
                 out = fn(_cast_params(run, params, classes), *args)
             loss, aux = out if has_aux else (out, None)
-            return jnp.asarray(loss, jnp.float32), (aux, run.records, run.new_states)
+            records = (run.records, run.recipe_records)
+            return jnp.asarray(loss, jnp.float32), (aux, records, run.new_states)
 
         diff = _diff_inputs(sites, state, watch)
-        (loss, (aux, records, new_fwd)), (grads, ct) = jax.value_and_grad(
-            inner, argnums=(0, 1), has_aux=True
-        )(params, diff, *args)
+        tokens = {k: zero_token() for k, s in sites.items() if s.recipe} if rstats else {}
+        (loss, (aux, (records, rrecords), new_fwd)), (grads, ct, rct) = jax.value_and_grad(
+            inner, argnums=(0, 1, 2), has_aux=True
+        )(params, diff, tokens, *args)
+        recipe = {k: _recipe_stats(f, rct[k]) for k, f in rrecords.items()}
         new_state = {
             "inputs": {**state.get("inputs", {}), **new_fwd["inputs"]},
             "params": {**state.get("params", {}), **new_fwd["params"]},
@@ -231,7 +249,7 @@ def value_and_grad(fn: Callable, policy: Policy | str, *, watch: bool = True,
                 pol = policy.for_module(owner, classes.get(owner, ""))
                 wstats[path] = value_counts(leaf, pol.param_grad or "fp32")
         scales = _grad_scales(policy, sites, ct, grads, classes)
-        return loss, grads, new_state, Report(layer_stats, wstats, scales, aux)
+        return loss, grads, new_state, Report(layer_stats, wstats, scales, aux, recipe)
 
     return g
 

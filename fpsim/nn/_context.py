@@ -22,6 +22,7 @@ from fpsim.nn import _active
 from fpsim.nn._boundary import OutAux, cast_in, cast_out, formats
 from fpsim.nn._linen import interceptor
 from fpsim.nn._policy import Policy
+from fpsim.nn._recipes import call_with_dot_general, layer_dot_general, takes_recipe
 from fpsim.nn._stats import tensor_stats
 from fpsim.scaling import WeightStats, weight_stats
 
@@ -41,6 +42,7 @@ class Site(NamedTuple):
     policy: Policy
     n_inputs: int  # floating-point positional inputs
     out_shapes: tuple  # ShapeDtypeStructs of the floating-point outputs
+    recipe: bool = False  # the policy's recipe applies to this layer's product
 
 
 def is_active(pol: Policy, watch: bool) -> bool:
@@ -49,7 +51,18 @@ def is_active(pol: Policy, watch: bool) -> bool:
 
 def _uses_stochastic(policy: Policy) -> bool:
     pols = (policy, *(pol for _, pol in policy.overrides))
-    return any("stochastic" in (p.rounding, p.grad_rounding) for p in pols)
+    return any(
+        "stochastic" in (p.rounding, p.grad_rounding)
+        or (p.recipe is not None and p.recipe.needs_key)
+        for p in pols
+    )
+
+
+def _recipe_hint(path: str) -> str:
+    return (
+        "pad it, or keep the layer out of the recipe with an override, e.g. "
+        f"policy.with_overrides(({path!r}, 'float32'))"
+    )
 
 
 class Run:
@@ -64,10 +77,13 @@ class Run:
       watch: record forward statistics.
       key: PRNG key for stochastic rounding, or None.
       layers: class names of the layers to intercept.
+      recipe_tokens: per layer key, the zero token (``_recipes.zero_token``) whose
+        cotangent carries the recipe GEMMs' backward statistics; a layer with a token
+        also records its forward GEMM's statistics in ``recipe_records``.
     """
 
     def __init__(self, policy, *, discover=False, diff=None, states=None, watch=False,
-                 key=None, layers=LAYER_NAMES):  # fmt: skip
+                 key=None, layers=LAYER_NAMES, recipe_tokens=None):  # fmt: skip
         self.policy = policy
         self.discover = discover
         self.diff = diff or {}
@@ -80,6 +96,8 @@ class Run:
         self.sites: dict[str, Site] = {}
         self.calls: dict[str, int] = {}
         self.records: dict[str, dict] = {}
+        self.recipe_tokens = recipe_tokens or {}
+        self.recipe_records: dict[str, tuple] = {}
         self.new_states: dict[str, Any] = {"inputs": {}, "params": {}}
         self.kernels: dict[str, jax.Array] = {}  # {layer path: kernel as it reads it}
         self._n = 0
@@ -94,21 +112,25 @@ class Run:
         self._n += 1
         return derive(self.key, self._n)
 
-    def layer(self, path: str, cls: str, call, args, kwargs):
-        """Apply the policy around one layer call ``call(*args, **kwargs)``."""
+    def layer(self, path: str, cls: str, call, args, kwargs, module=None):
+        """Apply the policy around one layer call ``call(*args, **kwargs)`` of
+        ``module`` (needed for recipes: its product is replaced for the call)."""
         n = self.calls.get(path, 0)
         self.calls[path] = n + 1
         key = (path or cls) if n == 0 else f"{path or cls}#{n}"
         pol = self.policy.for_module(path, cls)
+        recipe = pol.recipe is not None and module is not None and takes_recipe(module)
         if self.discover:
             out = call(*args, **kwargs)
             outs = tuple(o for o in jax.tree.leaves(out) if is_float(o))
             shapes = tuple(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs)
             n_in = sum(is_float(a) for a in jax.tree.leaves(args))
-            self.sites[key] = Site(key, path, cls, pol, n_in, shapes)
+            self.sites[key] = Site(key, path, cls, pol, n_in, shapes, recipe)
             return out
         if not is_active(pol, self.watch):
             return call(*args, **kwargs)
+        if recipe:
+            call = self._with_recipe(key, path or cls, pol, module, call)
         rec = {}
         args, tokens = self._inputs(key, pol, args, rec)
         out = call(*args, **kwargs)
@@ -136,6 +158,23 @@ class Run:
         if self.watch:
             self.records[key] = rec
         return jax.tree.unflatten(tree, leaves)
+
+    def _with_recipe(self, key: str, name: str, pol: Policy, module, call):
+        """``call`` with the layer's product under ``pol.recipe``; its forward
+        statistics land in ``recipe_records[key]`` when the layer has a token."""
+        rkey = self._site_key() if pol.recipe.needs_key else None
+        token = self.recipe_tokens.get(key)
+        sink = {} if token is not None else None
+        dg = layer_dot_general(pol.recipe, key=rkey, name=name, hint=_recipe_hint(name),
+                               token=token, sink=sink)  # fmt: skip
+
+        def wrapped(*args, **kwargs):
+            out = call_with_dot_general(module, lambda: call(*args, **kwargs), dg)
+            if sink is not None and "fprop" in sink:
+                self.recipe_records[key] = sink["fprop"]
+            return out
+
+        return wrapped
 
     def _inputs(self, key, pol, args, rec):
         leaves, tree = jax.tree.flatten(args)

@@ -26,4 +26,6 @@ def interceptor(next_fun, args, kwargs, context):
     if run is None or context.method_name != "__call__" or not run.selects(context.module):
         return next_fun(*args, **kwargs)
     module = context.module
-    return run.layer(module_path(module), type(module).__name__, next_fun, args, kwargs)
+    return run.layer(
+        module_path(module), type(module).__name__, next_fun, args, kwargs, module=module
+    )

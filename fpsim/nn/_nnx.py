@@ -29,7 +29,7 @@ def _hooked(cls):
             return cls.__call__(self, *args, **kwargs)
         path = getattr(self, "_fpsim_path", "")
         return run.layer(path, cls.__name__, lambda *a, **k: cls.__call__(self, *a, **k),
-                         args, kwargs)  # fmt: skip
+                         args, kwargs, module=self)  # fmt: skip
 
     return type(
         cls.__name__,

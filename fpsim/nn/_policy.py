@@ -20,11 +20,34 @@ field           the tensor
 ``param_grad``  the weight gradient the layer's backward pass writes
 ==============  =======================================================================
 
+``recipe``      how the matrix products of linear layers are fed to the tensor cores:
+                a :class:`~fpsim.nn.Recipe` (MXFP8, NVFP4, DeepSeek-V3's FP8
+                blocks, ...) quantizes each operand of each of a layer's three GEMMs
+                along that GEMM's contraction (see :mod:`fpsim.nn._recipes`)
+==============  =======================================================================
+
 ``None`` always means "leave it in float32". Per-module ``overrides`` (fnmatch patterns
 on the module's path such as ``"Dense_2"`` or ``"decoder/*"``, or on its class name such
 as ``"LayerNorm"``) replace the policy for the matching modules, for example to keep the
 last layer in float32. The loss is always computed in float32 by :mod:`fpsim.nn`'s
 training helpers.
+
+**Recipes.** Every name of :data:`fpsim.nn.RECIPES` is also a preset here
+(``get_policy("mxfp8")``, ``make_train_step(model, "nvfp4", ...)``): a policy whose
+``recipe`` quantizes the products of the linear layers (Linen ``Dense`` and
+``DenseGeneral``, NNX ``Linear`` and ``LinearGeneral``) and that rounds nothing else,
+so that what changes is the recipe alone. Everything that is not such a product
+computes in **float32**: layer norms, embeddings, attention's two batched products
+(``q k^T`` and the weighted sum of values, einsums inside the attention module),
+activations, residual adds, the loss, and each GEMM's output (float32 accumulation).
+Transformer Engine keeps these in BF16 or FP32; for BF16 combine a recipe with element
+casts, e.g. ``get_policy("bf16_mixed").replace(name="mxfp8_bf16", recipe="mxfp8")``
+(BF16 layer boundaries, norms and embeddings in float32, MXFP8 GEMMs). Layers that
+stay out of the recipe are overrides, by path: the head of a classifier or language
+model, ``get_policy("nvfp4").with_overrides(("head", "float32"))`` (NVIDIA's NVFP4
+recipe keeps the last few layers in BF16: ``("block_11/*", "bf16_mixed")``). Stochastic
+rounding (NVFP4's gradients) draws from the policy's per-step key:
+:func:`fpsim.nn.make_train_step` gives every step fresh random bits.
 
 Policies can also be written as jmp-style strings:
 ``get_policy("params=float32,compute=float16,output=float32")`` (see :func:`get_policy`).
@@ -36,6 +59,7 @@ import dataclasses
 import fnmatch
 
 from fpsim.formats import FP32, Format, get_format
+from fpsim.nn._recipes import RECIPES, Recipe, get_recipe
 from fpsim.rounding import FormatLike, check_rounding
 from fpsim.scaling import AdaptiveLossScaling, DelayedScaling
 
@@ -78,6 +102,10 @@ class Policy:
       overrides: ``((pattern, policy), ...)``; a module whose path (``"block/Dense_0"``)
         or class name (``"LayerNorm"``) matches ``pattern`` (fnmatch syntax) uses
         ``policy``; the last match wins. A policy may be given by preset name.
+      recipe: a :class:`~fpsim.nn.Recipe` or its name, or None: the linear layers'
+        matrix products (three GEMMs per layer and step) quantize their operands as
+        the recipe says, after the element casts above (a layer's input cast to
+        ``compute`` is then quantized by the recipe).
     """
 
     name: str = "custom"
@@ -93,8 +121,11 @@ class Policy:
     adaptive: AdaptiveLossScaling | None = None
     param_names: tuple[str, ...] | None = None
     overrides: tuple[tuple[str, Policy], ...] = ()
+    recipe: Recipe | None = None
 
     def __post_init__(self):
+        if self.recipe is not None:
+            object.__setattr__(self, "recipe", get_recipe(self.recipe))
         for f in _FIELDS:
             object.__setattr__(self, f, _fmt(getattr(self, f)))
         check_rounding(self.rounding)
@@ -134,7 +165,9 @@ class Policy:
             if f.name in (*_FIELDS, "name", "overrides"):
                 continue
             value = getattr(self, f.name)
-            if value != f.default:
+            if f.name == "recipe" and value is not None:
+                parts.append(f"recipe={value.name!r}")
+            elif value != f.default:
                 parts.append(f"{f.name}={value!r}")
         if self.overrides:
             pairs = ", ".join(f"({pat!r}, {pol.name!r})" for pat, pol in self.overrides)
@@ -144,7 +177,12 @@ class Policy:
     @property
     def is_float32(self) -> bool:
         """True when this policy (ignoring overrides) rounds nothing."""
-        return all(getattr(self, f) is None for f in _FIELDS)
+        return self.recipe is None and all(getattr(self, f) is None for f in _FIELDS)
+
+    @property
+    def has_recipe(self) -> bool:
+        """Whether this policy or one of its overrides has a recipe."""
+        return any(p.recipe is not None for p in (self, *(p for _, p in self.overrides)))
 
     def for_module(self, path: str, class_name: str = "") -> Policy:
         """The policy that applies to the module at ``path`` of class ``class_name``."""
@@ -204,6 +242,8 @@ def _presets() -> dict[str, Policy]:
             name="fp8_naive", compute="e4m3", grad="e5m2",
             param_names=("kernel",), overrides=norms_fp32,
         ),
+        # the training recipes: the linear layers' GEMMs quantized, all else float32
+        **{name: Policy(name=name, recipe=r) for name, r in RECIPES.items()},
     }  # fmt: skip
 
 
@@ -255,7 +295,9 @@ def get_policy(name: str | Policy) -> Policy:
     weights: Micikevicius et al. 2017); ``"bf16_mixed"``; ``"fp16_pure"`` (weights stored
     in FP16 too: no master weights); ``"fp8_hybrid"`` (E4M3 forward, E5M2 backward, with
     Transformer Engine's delayed per-tensor scaling); ``"fp8_naive"`` (the same casts
-    without scaling, the baseline that fails).
+    without scaling, the baseline that fails); and one per training recipe of
+    :data:`fpsim.nn.RECIPES` (``"mxfp8"``, ``"nvfp4"``, ``"fp8_blockwise"``, ...:
+    the linear layers' GEMMs under the recipe, everything else in float32).
 
     jmp-style strings name the formats: ``"params=float32,compute=float16,output=float32"``
     (or ``"p=f32,c=bf16,o=f32"``); a single format name (``"bfloat16"``) puts everything
@@ -267,6 +309,9 @@ def get_policy(name: str | Policy) -> Policy:
       >>> p = fpsim.nn.get_policy("params=float32,compute=float16,output=float32")
       >>> p.param is None, p.compute.name, p.output is None, p.grad.name
       (True, 'fp16', True, 'fp16')
+      >>> nvfp4 = fpsim.nn.get_policy("nvfp4").with_overrides(("head", "float32"))
+      >>> nvfp4.recipe.name, nvfp4.for_module("head").recipe
+      ('nvfp4', None)
 
     Raises:
       ValueError: unknown name; the message lists the presets.

@@ -30,6 +30,11 @@ report; each docstring says what fpsim simplifies. What is *not* simulated here:
 accumulation inside the GEMM (float32, as XLA computes it) and the output cast (the
 result stays float32, as TE's GEMMs write BF16/FP32).
 
+Policies: every recipe is also a :class:`fpsim.nn.Policy` preset of the same name
+(``make_train_step(model, "mxfp8", ...)``, ``fpsim.nn.apply(fn, "nvfp4", ...)``), or a
+policy's ``recipe`` field; the training step then reports, per layer and per step,
+what each GEMM's quantization lost (:class:`RecipeStats`).
+
 Lengths: block formats need each blocked axis to be a multiple of the block (32 for
 MXFP8, 16 for NVFP4, 128 for DeepSeek-V3's tiles), as the hardware does. When a GEMM's
 axis is not, :func:`recipe_dot_general` raises an error naming the layer, the axis and
@@ -47,6 +52,7 @@ import fnmatch
 import functools
 import math
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,11 +60,13 @@ from jax import lax
 
 from fpsim._keys import canonical_key, derive
 from fpsim.blocks import (
+    EXPONENTS,
     FP8_TENSOR,
     MXFP4,
     MXFP8_E4M3,
     NVFP4,
     BlockFormat,
+    BlockSummary,
     FP8_BLOCK_1x128,
     FP8_BLOCK_128x128,
     NVFP4_16x16,
@@ -269,14 +277,94 @@ def get_recipe(name: str | Recipe) -> Recipe:
 # the three GEMMs
 
 
-def _quantize(x, bfmt: BlockFormat, axis, recipe: Recipe, rounding: str, key):
-    from fpsim.blocks import quantize_blocks
+class RecipeStats(NamedTuple):
+    """What the recipe's quantization did to one layer call's six GEMM operands in one
+    training step, each a :class:`fpsim.blocks.BlockSummary` (fraction of nonzero
+    elements flushed to zero by their block's scale, fraction saturated at the
+    block's max, how many were nonzero, histogram of the block-scale exponents).
+
+    Field names are ``<GEMM>_<operand>``, for a layer ``y = x W`` (``x``: M tokens x
+    K features, ``W``: K x N, ``g = dL/dy``: M x N):
+
+    ===========  ======================================  ===========================
+    field        operand                                 blocks run along
+    ===========  ======================================  ===========================
+    ``fprop_x``  ``x`` in the forward GEMM ``x W``       K (each token's features)
+    ``fprop_w``  ``W`` in the forward GEMM               K (2-D formats: tiles)
+    ``dgrad_g``  ``g`` in the input-gradient GEMM        N (each token's outputs)
+    ``dgrad_w``  ``W`` in ``dx = g W^T``                 N (2-D: the same tiles)
+    ``wgrad_x``  ``x`` in the weight-gradient GEMM       M (each feature's tokens)
+    ``wgrad_g``  ``g`` in ``dW = x^T g``                 M
+    ===========  ======================================  ===========================
+
+    With the random Hadamard transform (NVFP4) the ``wgrad`` operands are counted
+    after the transform, as they are quantized; with stochastic rounding (NVFP4's
+    ``g``) the flushed fraction is what this step's random draw flushed. Per-tensor
+    formats have one "block" (one scale): their histogram counts 1. The backward
+    GEMMs' counts leave the backward pass as float32 (a cotangent), exact up to
+    ``2**24`` elements or blocks per operand.
+
+    Example (the fraction of each layer's output gradient that the weight-gradient
+    GEMM flushed, in a training step's metrics)::
+
+        {layer: float(s.wgrad_g.underflow) for layer, s in metrics["recipe"].items()}
+    """
+
+    fprop_x: BlockSummary
+    fprop_w: BlockSummary
+    dgrad_g: BlockSummary
+    dgrad_w: BlockSummary
+    wgrad_x: BlockSummary
+    wgrad_g: BlockSummary
+
+
+def _f32_summary(s: BlockSummary) -> BlockSummary:
+    """Every field float32: what a cotangent can carry (exact below 2**24 counts)."""
+    return BlockSummary(*(jnp.asarray(v, jnp.float32) for v in s))
+
+
+def _typed_summary(s: BlockSummary) -> BlockSummary:
+    """Counts back to int32 (see :func:`_f32_summary`)."""
+    return BlockSummary(
+        s.underflow, s.saturated, jnp.round(s.nonzero).astype(jnp.int32),
+        jnp.round(s.exponent_counts).astype(jnp.int32),
+    )  # fmt: skip
+
+
+def zero_token() -> tuple[BlockSummary, ...]:
+    """The zero-valued input of a recipe GEMM whose cotangent carries the backward
+    pass's statistics out (``dgrad_g``, ``dgrad_w``, ``wgrad_x``, ``wgrad_g``)."""
+    z = jnp.zeros((), jnp.float32)
+    return tuple(
+        BlockSummary(z, z, z, jnp.zeros(len(EXPONENTS), jnp.float32)) for _ in range(4)
+    )
+
+
+def recipe_stats(fwd, token_ct) -> RecipeStats:
+    """:class:`RecipeStats` from the forward GEMM's two summaries and the token's
+    cotangent (the backward GEMMs' four), counts as int32."""
+    return RecipeStats(*(_typed_summary(s) for s in (*fwd, *token_ct)))
+
+
+def _quantize(x, bfmt: BlockFormat, axis, recipe: Recipe, rounding: str, key,
+              stats: bool = False):  # fmt: skip
+    """``(x quantized, its BlockSummary as float32 or None)``."""
+    from fpsim.blocks import quantize_blocks, quantize_with_summary
 
     mode = recipe.scale_mode if bfmt.scale.name == "e8m0" else None
-    return quantize_blocks(
-        x, bfmt, axis=axis, scale_mode=mode, rounding=rounding,
-        key=key if rounding == "stochastic" else None,
-    )  # fmt: skip
+    stochastic = rounding == "stochastic"
+    if stochastic and key is None:
+        raise ValueError(
+            f"recipe {recipe.name!r} rounds gradients stochastically, so its backward "
+            "pass needs a random key: pass key= (fpsim.nn.apply / value_and_grad; "
+            "make_train_step draws one per step)"
+        )
+    kw = dict(axis=axis, scale_mode=mode, rounding=rounding,
+              key=key if stochastic else None)  # fmt: skip
+    if not stats:
+        return quantize_blocks(x, bfmt, **kw), None
+    q, summary = quantize_with_summary(x, bfmt, **kw)
+    return q, _f32_summary(summary)
 
 
 def _weight_axis(bfmt: BlockFormat, axis: int):
@@ -290,30 +378,33 @@ def _rht(x, recipe: Recipe):
     return random_hadamard(x, recipe.rht_seed, axis=0, block=16)
 
 
-def fprop_operands(recipe: Recipe, x2, w2):
-    """The forward GEMM's operands: ``x`` (M x K) and ``W`` (K x N) along K."""
-    xq = _quantize(x2, recipe.activation, 1, recipe, recipe.rounding, None)
-    wq = _quantize(w2, recipe.weight, _weight_axis(recipe.weight, 0), recipe,
-                   recipe.rounding, None)  # fmt: skip
-    return xq, wq
+def fprop_operands(recipe: Recipe, x2, w2, stats: bool = False):
+    """The forward GEMM's operands: ``x`` (M x K) and ``W`` (K x N) along K.
+
+    Returns ``((xq, wq), (x summary, W summary))``, the summaries None unless
+    ``stats``."""
+    xq, sx = _quantize(x2, recipe.activation, 1, recipe, recipe.rounding, None, stats)
+    wq, sw = _quantize(w2, recipe.weight, _weight_axis(recipe.weight, 0), recipe,
+                       recipe.rounding, None, stats)  # fmt: skip
+    return (xq, wq), (sx, sw)
 
 
-def dgrad_operands(recipe: Recipe, g2, w2, key):
+def dgrad_operands(recipe: Recipe, g2, w2, key, stats: bool = False):
     """The input-gradient GEMM's operands: ``g`` (M x N) and ``W`` (K x N) along N."""
-    gq = _quantize(g2, recipe.grad, 1, recipe, recipe.grad_rounding, key)
-    wq = _quantize(w2, recipe.weight, _weight_axis(recipe.weight, 1), recipe,
-                   recipe.rounding, None)  # fmt: skip
-    return gq, wq
+    gq, sg = _quantize(g2, recipe.grad, 1, recipe, recipe.grad_rounding, key, stats)
+    wq, sw = _quantize(w2, recipe.weight, _weight_axis(recipe.weight, 1), recipe,
+                       recipe.rounding, None, stats)  # fmt: skip
+    return (gq, wq), (sg, sw)
 
 
-def wgrad_operands(recipe: Recipe, x2, g2, key):
+def wgrad_operands(recipe: Recipe, x2, g2, key, stats: bool = False):
     """The weight-gradient GEMM's operands: ``x`` (M x K) and ``g`` (M x N) along M
     (the token axis), after the random Hadamard transform when the recipe has it."""
     if recipe.rht:
         x2, g2 = _rht(x2, recipe), _rht(g2, recipe)
-    xq = _quantize(x2, recipe.activation, 0, recipe, recipe.rounding, None)
-    gq = _quantize(g2, recipe.grad, 0, recipe, recipe.grad_rounding, key)
-    return xq, gq
+    xq, sx = _quantize(x2, recipe.activation, 0, recipe, recipe.rounding, None, stats)
+    gq, sg = _quantize(g2, recipe.grad, 0, recipe, recipe.grad_rounding, key, stats)
+    return (xq, gq), (sx, sg)
 
 
 _HI = lax.Precision.HIGHEST
@@ -323,14 +414,18 @@ def _mm(a, b, dims):
     return lax.dot_general(a, b, dims, precision=_HI, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gemm(recipe: Recipe, x2, w2, key_data):
-    xq, wq = fprop_operands(recipe, x2, w2)
-    return _mm(xq, wq, (((1,), (0,)), ((), ())))
+# (recipe, stats) are static. With stats, the forward GEMM's two summaries are a second
+# output, and the backward GEMMs' four leave as the cotangent of ``token`` (zeros of
+# the same structure): the trick of fpsim.nn's boundaries (see _boundary.py)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _gemm(recipe: Recipe, stats: bool, x2, w2, key_data, token):
+    return _gemm_fwd(recipe, stats, x2, w2, key_data, token)[0]
 
 
-def _gemm_fwd(recipe, x2, w2, key_data):
-    return _gemm(recipe, x2, w2, key_data), (x2, w2, key_data)
+def _gemm_fwd(recipe, stats, x2, w2, key_data, token):
+    (xq, wq), fwd = fprop_operands(recipe, x2, w2, stats)
+    y = _mm(xq, wq, (((1,), (0,)), ((), ())))
+    return (y, fwd if stats else None), (x2, w2, key_data)
 
 
 def _keys(key_data):
@@ -340,15 +435,16 @@ def _keys(key_data):
     return derive(key, 1), derive(key, 2)
 
 
-def _gemm_bwd(recipe, res, g2):
+def _gemm_bwd(recipe, stats, res, cts):
     x2, w2, key_data = res
-    g2 = g2.astype(jnp.float32)
+    g2 = cts[0].astype(jnp.float32)
     k_dgrad, k_wgrad = _keys(key_data)
-    gq, wq = dgrad_operands(recipe, g2, w2, k_dgrad)
+    (gq, wq), sd = dgrad_operands(recipe, g2, w2, k_dgrad, stats)
     dx = _mm(gq, wq, (((1,), (1,)), ((), ())))
-    xq, gq = wgrad_operands(recipe, x2, g2, k_wgrad)
+    (xq, gq), sw = wgrad_operands(recipe, x2, g2, k_wgrad, stats)
     dw = _mm(xq, gq, (((0,), (0,)), ((), ())))
-    return dx.astype(x2.dtype), dw.astype(w2.dtype), None
+    token_ct = (*sd, *sw) if stats else None
+    return dx.astype(x2.dtype), dw.astype(w2.dtype), None, token_ct
 
 
 _gemm.defvjp(_gemm_fwd, _gemm_bwd)
@@ -426,6 +522,21 @@ def recipe_dot_general(
             f"recipe_dot_general({recipe.name!r}, key=...), or use "
             f"{recipe.name!r} without_stochastic_rounding()"
         )
+    return layer_dot_general(recipe, key=key, name=name, fallback=fallback)
+
+
+_HINT = "pad it, keep this layer out of the recipe, or pass fallback='float32'"
+
+
+def layer_dot_general(recipe: Recipe, *, key=None, name="dot_general",
+                      fallback="error", hint=_HINT, token=None, sink=None):  # fmt: skip
+    """:func:`recipe_dot_general` without its checks (a typed key or None), for one
+    layer call. With ``token`` (:func:`zero_token`, differentiated) the GEMMs also
+    count what they lost: the forward GEMM's two :class:`BlockSummary` go into
+    ``sink["fprop"]`` (a dict the caller reads after the call), the backward GEMMs'
+    four come out as the token's cotangent. A key of None makes a stochastic recipe's
+    backward pass raise."""
+    calls = [0]
 
     def dot_general(lhs, rhs, dimension_numbers, precision=None,
                     preferred_element_type=None, **kwargs):  # fmt: skip
@@ -459,13 +570,19 @@ def recipe_dot_general(
             raise ValueError(
                 f"recipe {recipe.name!r}: layer {name!r} ({m} tokens x {k} -> {n}): the "
                 f"{gemm} GEMM blocks {what}, length {length}, which is not a multiple of "
-                f"{block}; pad it, keep this layer out of the recipe, or pass "
-                "fallback='float32'"
+                f"{block}; {hint}"
+            )
+        calls[0] += 1
+        if token is not None and calls[0] > 1:
+            raise ValueError(
+                f"recipe statistics of layer {name!r}: its product ran twice in one call"
             )
         kd = None if key is None else jax.random.key_data(key)
         x2 = x.reshape(m, k).astype(jnp.float32)
         w2 = w.reshape(k, n).astype(jnp.float32)
-        y = _gemm(recipe, x2, w2, kd)
+        y, fwd = _gemm(recipe, token is not None, x2, w2, kd, token)
+        if sink is not None and fwd is not None:
+            sink["fprop"] = fwd
         return y.reshape(*m_shape, *n_shape).astype(out_dtype)
 
     return dot_general
@@ -475,32 +592,39 @@ def recipe_dot_general(
 # an unmodified Linen model
 
 
-RECIPE_LAYERS: tuple[str, ...] = ("Dense", "DenseGeneral")
+#: Class names of the layers a recipe applies to: Linen's ``Dense`` and
+#: ``DenseGeneral``, NNX's ``Linear`` and ``LinearGeneral``.
+RECIPE_LAYERS: tuple[str, ...] = ("Dense", "DenseGeneral", "Linear", "LinearGeneral")
 
 
 def takes_recipe(module) -> bool:
-    """Whether ``module`` is a Linen layer a recipe applies to: a ``Dense`` or
-    ``DenseGeneral`` that did not set its own ``dot_general``."""
+    """Whether ``module`` is a layer a recipe applies to: a Linen ``Dense`` or
+    ``DenseGeneral``, or an NNX ``Linear`` or ``LinearGeneral``, that did not set its
+    own ``dot_general`` (NNX's ``Linear`` defaults to ``lax.dot_general``)."""
     return (
         type(module).__name__ in RECIPE_LAYERS
-        and getattr(module, "dot_general", None) is None
+        and getattr(module, "dot_general", None) in (None, lax.dot_general)
         and getattr(module, "dot_general_cls", None) is None
     )
 
 
-def call_with_recipe(module, call, recipe, *, key=None, name="", fallback="error"):
-    """``call()`` (the layer's ``__call__``) with ``module``'s products under ``recipe``.
-
-    For a policy's layer hook as for :func:`recipe_scope`: a Linen module is a frozen
-    dataclass whose ``dot_general`` field ``__call__`` reads, so the field is set for
-    this one call and restored after it.
-    """
-    dg = recipe_dot_general(recipe, key=key, name=name, fallback=fallback)
-    object.__setattr__(module, "dot_general", dg)
+def call_with_dot_general(module, call, dot_general):
+    """``call()`` (the layer's ``__call__``) with ``module``'s product replaced by
+    ``dot_general``: the ``dot_general`` field ``__call__`` reads (a Linen module is a
+    frozen dataclass, an NNX one a plain object) is set for this one call and
+    restored after it."""
+    old = module.dot_general
+    object.__setattr__(module, "dot_general", dot_general)
     try:
         return call()
     finally:
-        object.__setattr__(module, "dot_general", None)
+        object.__setattr__(module, "dot_general", old)
+
+
+def call_with_recipe(module, call, recipe, *, key=None, name="", fallback="error"):
+    """``call()`` with ``module``'s products under ``recipe`` (:func:`recipe_scope`)."""
+    dg = recipe_dot_general(recipe, key=key, name=name, fallback=fallback)
+    return call_with_dot_general(module, call, dg)
 
 
 @contextlib.contextmanager

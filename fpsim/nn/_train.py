@@ -110,6 +110,7 @@ def make_train_step(
     loss_scale: Callable | float | None = None,
     watch: bool = True,
     layers: tuple[str, ...] = LAYER_NAMES,
+    recipe_stats: bool | None = None,
 ) -> TrainStep:
     """A jitted training step for a classifier under ``policy``.
 
@@ -117,7 +118,9 @@ def make_train_step(
       model: a ``flax.linen.Module`` or an ``nnx.Module`` (copied, not modified).
       policy: a :class:`Policy` or preset name. With ``param`` set (``"fp16_pure"``)
         the weights are kept in that format: rounded at init and after every update
-        (no float32 master copy).
+        (no float32 master copy). A recipe name (``"mxfp8"``, ``"nvfp4"``, ...: see
+        :data:`fpsim.nn.RECIPES`) runs the linear layers' GEMMs under that recipe;
+        its stochastic rounding draws fresh bits every step.
       optimizer: an optax transformation. With adaptive loss scaling the step divides
         each weight gradient by its layer's scale (``Report.grad_scales``) before the
         optimizer sees it, so any optimizer works.
@@ -127,6 +130,9 @@ def make_train_step(
         undo it.
       watch: collect per-layer statistics into ``metrics["layers"]``.
       layers: class names of the layers the policy applies to.
+      recipe_stats: with a recipe in the policy, collect per-layer GEMM statistics
+        into ``metrics["recipe"]``; None follows ``watch``. Pass ``watch=False,
+        recipe_stats=True`` for the recipe's statistics alone (the cheaper choice).
 
     Returns:
       A :class:`TrainStep`. ``metrics`` holds ``loss`` (unscaled), ``accuracy``,
@@ -135,7 +141,12 @@ def make_train_step(
       ``watch``), ``applied`` (the optimizer applied the step: the ``last_finite``
       field of its state, True without one), ``stuck`` (the optimizer's loss scale is
       0, inf or NaN and every later step will be skipped), and with
-      ``watch`` ``layers`` (``{layer: LayerStats}``) and ``weight_grads``.
+      ``watch`` ``layers`` (``{layer: LayerStats}``) and ``weight_grads``. With
+      recipe statistics and a policy that has a recipe, ``recipe``: ``{layer:
+      RecipeStats}``, one :class:`fpsim.blocks.BlockSummary` per operand of each of
+      the layer's three GEMMs (``metrics["recipe"]["Dense_0"].wgrad_g.underflow``: the
+      fraction of the output gradient's nonzero elements that the weight-gradient
+      GEMM's quantization, in blocks along the tokens, flushed to zero this step).
 
     Example:
       >>> import fpsim, jax, jax.numpy as jnp, optax, flax.linen as nn
@@ -155,7 +166,11 @@ def make_train_step(
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return loss * scale, (loss, acc)
 
-    vg = value_and_grad(objective, policy, watch=watch, has_aux=True, layers=layers)
+    vg = value_and_grad(
+        objective, policy, watch=watch, has_aux=True, layers=layers,
+        recipe_stats=recipe_stats,
+    )  # fmt: skip
+    rstats = (watch if recipe_stats is None else bool(recipe_stats)) and policy.has_recipe
 
     def module_classes(params, x, y, scale) -> dict[str, str]:
         # {module path: class name}, so that class-name overrides ("*Norm") decide the
@@ -217,6 +232,8 @@ def make_train_step(
         if watch:
             metrics["layers"] = report.layers
             metrics["weight_grads"] = report.weight_grads
+        if rstats:
+            metrics["recipe"] = report.recipe
         new = TrainState(params, opt_state, pstate, state.step + 1, state.key)
         return new, metrics
 
