@@ -362,6 +362,114 @@ def _fp32_add(x, y):
 
 
 # --------------------------------------------------------------------------------------
+# The fast path: one fused integer kernel per group, no (n, M, N) intermediate
+# --------------------------------------------------------------------------------------
+def _operand(x, fmt: Format):
+    """``(mag, e, neg)`` with ``|x| == mag * 2**(e - fmt.mantissa_bits)``.
+
+    ``e`` is the alignment exponent (``max(floor(log2|x|), emin)``, the exponent field
+    of ``x`` in ``fmt``), so ``mag < 2**(mantissa_bits + 1)`` is the significand as
+    ``fmt`` stores it, subnormals included; ``neg`` is 0 or -1 (a sign mask). ``x`` is
+    on ``fmt``'s grid, so every shift here is exact.
+    """
+    sig, f, e = _split(x, 0, fmt.emin)
+    mag = jnp.abs(sig)
+    d = f - (e - fmt.mantissa_bits)  # the bits ``mag`` has beyond fmt's unit
+    mag = jnp.where(d >= 0, mag << jnp.clip(d, 0, 31), mag >> jnp.clip(-d, 0, 31))
+    return mag, e, jnp.where(sig < 0, -1, 0)
+
+
+def _shr(x, s):
+    """``x >> s`` (logical) for any ``s >= 0``: XLA gives 0 when ``s >= 32``."""
+    return lax.shift_right_logical(x, s)
+
+
+def _cut(mag, sh, model: AccumulatorModel):
+    """Non-negative int32 ``mag`` in units ``2**-sh`` of the grid, cut to whole units.
+
+    ``sh >= 0``; any size (XLA's shifts by 32 or more give 0, and ``(1 << s) - 1`` is
+    then all ones, the right mask). The same cuts as :func:`_align`.
+    """
+    if model.sticky:
+        s = sh + 1
+        low = mag & ((jnp.int32(1) << s) - 1)
+        return (_shr(mag, s) << 1) | (low != 0).astype(jnp.int32)
+    q = _shr(mag, sh)
+    if model.alignment == "nearest":
+        rem = mag & ((jnp.int32(1) << sh) - 1)
+        half = jnp.int32(1) << jnp.clip(sh - 1, 0, 30)
+        up = (sh >= 1) & (sh <= 31) & ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+        q = q + up.astype(jnp.int32)
+    return q
+
+
+def _add_wide(x, y, g):
+    """``x + y`` (int32, ``|x + y| < 2**32``) as int32 units of ``2**g'``.
+
+    The sum is formed as a uint32 magnitude (wrap-around addition, then the overflow
+    decides the sign); a magnitude of ``2**31`` or more is halved with the lost bit
+    ORed into the last one (a sticky bit), as in :func:`_wide_sum`.
+    """
+    w = x + y
+    over = ((x ^ w) & (y ^ w)) < 0
+    neg = jnp.where(over, x < 0, w < 0)
+    mag = jnp.where(neg, (-w).astype(jnp.uint32), w.astype(jnp.uint32))
+    wide = mag >= jnp.uint32(2**31)
+    mag = jnp.where(wide, (mag >> 1) | (mag & 1), mag).astype(jnp.int32)
+    return jnp.where(neg, -mag, mag), g + wide.astype(jnp.int32)
+
+
+def _fast_step(c, a, b, model: AccumulatorModel, inputs: Format):
+    """One fused step, every product formed where it is used.
+
+    ``c`` (B, M, N) float32; ``a`` = (mag, e, neg) of the group's lhs, each (B, M, n),
+    with ``mag`` already shifted left by :func:`_pre_shift`; ``b`` likewise (B, n, N).
+    The group's products are written as ``n`` separate (B, M, N) expressions, so XLA
+    fuses the whole step into one elementwise loop.
+    """
+    acc = model.accumulator
+    u = model.unit_bits
+    n = a[0].shape[-1]
+    c_sig, c_f, c_e = _split(c, 0, acc.emin)
+    ea = [a[1][..., i, None] for i in range(n)]
+    eb = [b[1][..., i, None, :] for i in range(n)]
+    es = [x + y for x, y in zip(ea, eb, strict=True)]
+    big = functools.reduce(jnp.maximum, es, c_e)  # E
+    extra = max(0, 2 * inputs.mantissa_bits - u)  # product units below 2**(E - u)
+    terms = []
+    for i in range(n):
+        mag = a[0][..., i, None] * b[0][..., i, None, :]
+        q = _cut(mag, big - es[i] + extra, model)
+        s = a[2][..., i, None] ^ b[2][..., i, None, :]
+        terms.append((q ^ s) - s)
+    g = big - u
+    tc = _align(c_sig, c_f, g, model)
+    if model.sum_bound < 2**31:
+        s = functools.reduce(jnp.add, terms, tc)
+    else:  # two halves that each fit in int32, added into a uint32 magnitude
+        h = (n + 1) // 2
+        s, g = _add_wide(functools.reduce(jnp.add, terms[:h]),
+                         functools.reduce(jnp.add, terms[h:], tc), g)  # fmt: skip
+    out = _normalise(s, g, acc, model.rounding)
+    return jnp.where(jnp.isfinite(c), out, c)
+
+
+def _pre_shift(model: AccumulatorModel, inputs: Format) -> int:
+    """Left shift of the lhs significands so that every product cut is a right shift."""
+    return max(0, model.unit_bits - 2 * inputs.mantissa_bits)
+
+
+def _fast_ok(model: AccumulatorModel, inputs: Format) -> bool:
+    """Whether the fast path's int32 products and (half-)sums cannot overflow."""
+    m = inputs.mantissa_bits
+    prod = 2 * m + 2 + _pre_shift(model, inputs)
+    half = -(-model.group_size // 2) * 2 ** (model.unit_bits + 2) + 2 ** (
+        model.unit_bits + 1
+    )
+    return prod <= 31 and (model.sum_bound < 2**31 or half < 2**31)
+
+
+# --------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------
 def _check_inputs(inputs: Format) -> None:
@@ -419,8 +527,9 @@ def tc_dot_general(
     return _tc_dot_general(lhs, rhs, dims, model, inputs)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
+                    fast: bool = True):  # fmt: skip
     a, b, out_shape = _canonical(lhs, rhs, dims)
     nb, m, k = a.shape
     n_out = b.shape[2]
@@ -429,29 +538,40 @@ def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format):
     kp = -(-k // chunk) * chunk  # padded K: whole chunks of whole groups
     a = jnp.pad(a, ((0, 0), (0, 0), (0, kp - k)))
     b = jnp.pad(b, ((0, 0), (0, kp - k), (0, 0)))
-    drop = 23 - inputs.mantissa_bits
-    a_sig, a_f, a_e = _split(a, drop, inputs.emin)
-    b_sig, b_f, b_e = _split(b, drop, inputs.emin)
-
-    def groups(x, axis):  # (B, ..K..) -> (chunks, groups per chunk, n, B, M or N)
-        x = jnp.moveaxis(x, axis, 0).reshape(kp // chunk, chunk // n, n, nb, -1)
-        return x
-
-    ga = [groups(t, 2)[..., :, None] for t in (a_sig, a_f, a_e)]  # (C, G, n, B, M, 1)
-    gb = [groups(t, 1)[..., None, :] for t in (b_sig, b_f, b_e)]  # (C, G, n, B, 1, N)
     zero = jnp.zeros((nb, m, n_out), jnp.float32)
+    if fast and _fast_ok(model, inputs):
+        am, ae, an = _operand(a, inputs)
+        ga = [
+            x.reshape(nb, m, kp // chunk, chunk // n, n)
+            for x in (am << _pre_shift(model, inputs), ae, an)
+        ]
+        ga = [jnp.moveaxis(x, (2, 3), (0, 1)) for x in ga]  # (C, G, B, M, n)
+        gb = [x.reshape(nb, kp // chunk, chunk // n, n, n_out) for x in _operand(b, inputs)]
+        gb = [jnp.moveaxis(x, (1, 2), (0, 1)) for x in gb]  # (C, G, B, n, N)
 
-    def tensor_core(_, xs):  # one chunk: groups in order, from zero
+        def step(c, g):
+            return _fast_step(c, g[:3], g[3:], model, inputs), None
+    else:
+        drop = 23 - inputs.mantissa_bits
+        a_sig, a_f, a_e = _split(a, drop, inputs.emin)
+        b_sig, b_f, b_e = _split(b, drop, inputs.emin)
+
+        def groups(x, axis):  # (B, ..K..) -> (chunks, groups per chunk, n, B, M or N)
+            return jnp.moveaxis(x, axis, 0).reshape(kp // chunk, chunk // n, n, nb, -1)
+
+        ga = [groups(t, 2)[..., :, None] for t in (a_sig, a_f, a_e)]  # (C, G, n, B, M, 1)
+        gb = [groups(t, 1)[..., None, :] for t in (b_sig, b_f, b_e)]  # (C, G, n, B, 1, N)
+
         def step(c, g):
             return _step(c, *g, model), None
 
-        return None, lax.scan(step, zero, xs)[0]
+    def tensor_core(total, xs):  # one chunk: groups in order, from zero
+        part = lax.scan(step, zero, xs)[0]
+        if model.promote_every is None:
+            return part, None
+        return _fp32_add(total, part), None
 
-    partial = lax.scan(tensor_core, None, (*ga, *gb))[1]  # (C, B, M, N)
-    if model.promote_every is None:
-        out = partial[0]
-    else:
-        out = lax.scan(lambda s, p: (_fp32_add(s, p), None), zero, partial)[0]
+    out = lax.scan(tensor_core, zero, (*ga, *gb))[0]
     special = ~(jnp.all(jnp.isfinite(lhs)) & jnp.all(jnp.isfinite(rhs)))
     xla = lax.dot_general(lhs, rhs, dims, precision=lax.Precision.HIGHEST)
     fix = special & ~jnp.isfinite(xla)
