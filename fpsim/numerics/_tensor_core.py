@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fpsim import _bits
 from fpsim.formats import FP32, Format, get_format
 from fpsim.numerics._dot import canonical_operands as _canonical
 from fpsim.rounding import quantize
@@ -304,11 +305,17 @@ def _normalise(s, g, acc: Format, rounding: str):
     frac = jnp.where(lq <= 23, q << jnp.clip(23 - lq, 0, 31), q >> jnp.clip(lq - 23, 0, 31))
     normal = ((ex + 127) << 23) | (frac & 0x7FFFFF)
     sub = q << jnp.clip(h + 149, 0, 31)
-    over = 0x7F800000 if rounding == "nearest" else 0x7F7FFFFF
-    bits = jnp.where(ex > 127, over, jnp.where(ex >= -126, normal, sub))
+    ieee = acc.convention == "ieee"
+    if ieee:  # overflow: inf when rounding to nearest, else acc's largest value
+        over = 0x7F800000 if rounding == "nearest" else _bits.F32.bits_of(acc.max)
+        top = acc.emax
+    else:  # float32's rule here, then acc's own convention (quantize) below
+        over = 0x7F800000 if rounding == "nearest" else 0x7F7FFFFF
+        top = 127
+    bits = jnp.where(ex > top, over, jnp.where(ex >= -126, normal, sub))
     bits = jnp.where(q == 0, 0, bits) | jnp.where(neg, jnp.int32(-(2**31)), 0)
     out = lax.bitcast_convert_type(bits, jnp.float32)
-    if (acc.exponent_bits, acc.mantissa_bits, acc.convention) != (8, 23, "ieee"):
+    if not ieee:
         out = quantize(out, acc, rounding)  # acc's overflow rule (identity in range)
     return out
 
@@ -391,12 +398,12 @@ def _cut(mag, sh, model: AccumulatorModel):
     then all ones, the right mask). The same cuts as :func:`_align`.
     """
     if model.sticky:
-        s = sh + 1
+        s = jnp.minimum(sh + 1, 31)
         low = mag & ((jnp.int32(1) << s) - 1)
         return (_shr(mag, s) << 1) | (low != 0).astype(jnp.int32)
-    q = _shr(mag, sh)
+    q = _shr(mag, jnp.minimum(sh, 31))  # mag < 2**31: a shift by 31 leaves 0
     if model.alignment == "nearest":
-        rem = mag & ((jnp.int32(1) << sh) - 1)
+        rem = mag & ((jnp.int32(1) << jnp.minimum(sh, 31)) - 1)
         half = jnp.int32(1) << jnp.clip(sh - 1, 0, 30)
         up = (sh >= 1) & (sh <= 31) & ((rem > half) | ((rem == half) & ((q & 1) == 1)))
         q = q + up.astype(jnp.int32)
@@ -419,32 +426,70 @@ def _add_wide(x, y, g):
     return jnp.where(neg, -mag, mag), g + wide.astype(jnp.int32)
 
 
-def _fast_step(c, a, b, model: AccumulatorModel, inputs: Format):
-    """One fused step, every product formed where it is used.
-
-    ``c`` (B, M, N) float32; ``a`` = (mag, e, neg) of the group's lhs, each (B, M, n),
-    with ``mag`` already shifted left by :func:`_pre_shift`; ``b`` likewise (B, n, N).
-    The group's products are written as ``n`` separate (B, M, N) expressions, so XLA
-    fuses the whole step into one elementwise loop.
-    """
-    acc = model.accumulator
-    u = model.unit_bits
-    n = a[0].shape[-1]
-    c_sig, c_f, c_e = _split(c, 0, acc.emin)
-    ea = [a[1][..., i, None] for i in range(n)]
-    eb = [b[1][..., i, None, :] for i in range(n)]
-    es = [x + y for x, y in zip(ea, eb, strict=True)]
-    big = functools.reduce(jnp.maximum, es, c_e)  # E
-    extra = max(0, 2 * inputs.mantissa_bits - u)  # product units below 2**(E - u)
+def _product_terms_int(a, b, big, es, model: AccumulatorModel, inputs: Format):
+    """The group's products cut to units ``2**(E - u)``, in integers: ``a`` is (mag, e,
+    neg) with ``mag`` pre-shifted (:func:`_pre_shift`); a shift per product."""
+    extra = max(0, 2 * inputs.mantissa_bits - model.unit_bits)  # product units below
     terms = []
-    for i in range(n):
+    for i, e in enumerate(es):
         mag = a[0][..., i, None] * b[0][..., i, None, :]
-        q = _cut(mag, big - es[i] + extra, model)
+        q = _cut(mag, big - e + extra, model)
         s = a[2][..., i, None] ^ b[2][..., i, None, :]
         terms.append((q ^ s) - s)
-    g = big - u
+    return terms
+
+
+def _product_terms_float(a, b, big, es, model: AccumulatorModel, inputs: Format):
+    """The same terms in float32: ``a`` is (|value|, e, sign as +-1.0).
+
+    The product is exact in float32 (:func:`_float_ok`), and so is its scaling by
+    ``2**-(E - u)``; ``floor`` of the magnitude cuts it to whole units (truncation
+    toward zero once the sign is put back), ``round`` to nearest even; the sticky bit
+    is "floor lost something". The terms are whole numbers below ``2**24`` in all, so
+    their float32 sum is exact. A scaled product below ``2**-126`` may be flushed to
+    zero by XLA on CPU: it is below one unit and cuts to 0 anyway (the sticky bit looks
+    at the product itself).
+    """
+    g = jnp.clip(big - model.unit_bits, -126, 126)  # clipped only where no product
+    scale = lax.bitcast_convert_type((127 - g) << 23, jnp.float32)  # 2**-g
+    if model.sticky:
+        scale = scale * 0.5
+    terms = []
+    for i in range(len(es)):
+        p = a[0][..., i, None] * b[0][..., i, None, :]
+        y = p * scale
+        sign = a[2][..., i, None] * b[2][..., i, None, :]
+        if model.alignment == "nearest":
+            terms.append(lax.round(y, lax.RoundingMethod.TO_NEAREST_EVEN) * sign)
+            continue
+        q = jnp.floor(y)
+        if model.sticky:
+            lost = (q != y) | ((y == 0) & (p != 0))
+            q = 2 * q + lost.astype(jnp.float32)
+        terms.append(q * sign)
+    return terms
+
+
+def _fast_step(c, a, b, model: AccumulatorModel, inputs: Format, kind: str):
+    """One fused step, every product formed where it is used.
+
+    ``c`` (B, M, N) float32; ``a``: the group's lhs, each (B, M, n), and ``b`` (B, n, N),
+    as :func:`_product_terms_int` or :func:`_product_terms_float` (``kind``) reads them,
+    exponents second. The group's products are written as ``n`` separate (B, M, N)
+    expressions, so XLA fuses the whole step into one elementwise loop.
+    """
+    acc = model.accumulator
+    n = a[0].shape[-1]
+    c_sig, c_f, c_e = _split(c, 0, acc.emin)
+    es = [a[1][..., i, None] + b[1][..., i, None, :] for i in range(n)]
+    big = functools.reduce(jnp.maximum, es, c_e)  # E
+    products = _product_terms_float if kind == "float" else _product_terms_int
+    terms = products(a, b, big, es, model, inputs)
+    g = big - model.unit_bits
     tc = _align(c_sig, c_f, g, model)
-    if model.sum_bound < 2**31:
+    if kind == "float":  # exact: whole numbers, |sum| < 2**24
+        s = functools.reduce(jnp.add, terms, tc.astype(jnp.float32)).astype(jnp.int32)
+    elif model.sum_bound < 2**31:
         s = functools.reduce(jnp.add, terms, tc)
     else:  # two halves that each fit in int32, added into a uint32 magnitude
         h = (n + 1) // 2
@@ -461,8 +506,8 @@ def _pipelined_scan(step, c, xs):
     With ``lax.scan`` XLA fuses the slicing of ``xs`` (a dynamic slice) into the step's
     elementwise loop, and LLVM then does not vectorise it (measured 10-20x slower on a
     CPU); a slice carried from the previous iteration arrives as a plain buffer.
+    (Fusing two or more group steps into one loop step measured slower still.)
     """
-    length = xs[0].shape[0]
     first = tuple(x[0] for x in xs)
 
     def body(carry, i):
@@ -470,7 +515,7 @@ def _pipelined_scan(step, c, xs):
         nxt = tuple(lax.dynamic_index_in_dim(x, i + 1, 0, keepdims=False) for x in xs)
         return (step(c, cur), nxt), None
 
-    c, last = lax.scan(body, (c, first), jnp.arange(length - 1))[0]
+    c, last = lax.scan(body, (c, first), jnp.arange(xs[0].shape[0] - 1))[0]
     return step(c, last)
 
 
@@ -479,14 +524,48 @@ def _pre_shift(model: AccumulatorModel, inputs: Format) -> int:
     return max(0, model.unit_bits - 2 * inputs.mantissa_bits)
 
 
-def _fast_ok(model: AccumulatorModel, inputs: Format) -> bool:
-    """Whether the fast path's int32 products and (half-)sums cannot overflow."""
-    m = inputs.mantissa_bits
-    prod = 2 * m + 2 + _pre_shift(model, inputs)
-    half = -(-model.group_size // 2) * 2 ** (model.unit_bits + 2) + 2 ** (
-        model.unit_bits + 1
-    )
+def _int_ok(model: AccumulatorModel, inputs: Format) -> bool:
+    """Whether the integer path's int32 products and (half-)sums cannot overflow."""
+    prod = 2 * inputs.mantissa_bits + 2 + _pre_shift(model, inputs)
+    u = model.unit_bits
+    half = -(-model.group_size // 2) * 2 ** (u + 2) + 2 ** (u + 1)
     return prod <= 31 and (model.sum_bound < 2**31 or half < 2**31)
+
+
+def _float_ok(model: AccumulatorModel, inputs: Format) -> bool:
+    """Whether every product of two ``inputs`` values is a normal float32 (exact), and
+    ``2**-(E - u)`` is one wherever a product is nonzero (``E >= 2 * emin``)."""
+    low = 2 * (inputs.emin - inputs.mantissa_bits)  # exponent of the smallest product
+    return (
+        _int_ok(model, inputs)
+        and model.sum_bound <= 2**24
+        and low >= -126
+        and 2 * (inputs.emax + 1) <= 127
+        and 2 * inputs.emin - model.unit_bits >= -126
+    )
+
+
+#: How ``tc_dot_general`` computes: ``"auto"`` picks ``"float"`` where it is exact (FP16,
+#: FP8 inputs), else ``"int"``; ``"reference"`` is the first, unfused implementation
+#: (one (n, M, N) block per step), kept as the tests' second opinion.
+PATHS: tuple[str, ...] = ("auto", "float", "int", "reference")
+
+
+def _choose_path(path: str, model: AccumulatorModel, inputs: Format) -> str:
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; valid: {', '.join(PATHS)}")
+    ok = {
+        "float": _float_ok(model, inputs),
+        "int": _int_ok(model, inputs),
+        "reference": True,
+    }
+    if path == "auto":
+        return next(p for p in ("float", "int", "reference") if ok[p])
+    if not ok[path]:
+        raise ValueError(
+            f"path {path!r} cannot compute {model.name} on {inputs.name} exactly"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -549,7 +628,7 @@ def tc_dot_general(
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
-                    fast: bool = True):  # fmt: skip
+                    path: str = "auto"):  # fmt: skip
     a, b, out_shape = _canonical(lhs, rhs, dims)
     nb, m, k = a.shape
     n_out = b.shape[2]
@@ -559,18 +638,22 @@ def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
     a = jnp.pad(a, ((0, 0), (0, 0), (0, kp - k)))
     b = jnp.pad(b, ((0, 0), (0, kp - k), (0, 0)))
     zero = jnp.zeros((nb, m, n_out), jnp.float32)
-    if fast and _fast_ok(model, inputs):
-        am, ae, an = _operand(a, inputs)
-        ga = [
-            x.reshape(nb, m, kp // chunk, chunk // n, n)
-            for x in (am << _pre_shift(model, inputs), ae, an)
-        ]
+    path = _choose_path(path, model, inputs)
+    if path != "reference":
+        if path == "int":
+            am, ae, an = _operand(a, inputs)
+            a_ops, b_ops = (am << _pre_shift(model, inputs), ae, an), _operand(b, inputs)
+        else:
+            a_ops = (jnp.abs(a), _split(a, 0, inputs.emin)[2], jnp.where(a < 0, -1.0, 1.0))
+            b_ops = (jnp.abs(b), _split(b, 0, inputs.emin)[2], jnp.where(b < 0, -1.0, 1.0))
+        ga = [x.reshape(nb, m, kp // chunk, chunk // n, n) for x in a_ops]
         ga = [jnp.moveaxis(x, (2, 3), (0, 1)) for x in ga]  # (C, G, B, M, n)
-        gb = [x.reshape(nb, kp // chunk, chunk // n, n, n_out) for x in _operand(b, inputs)]
+        gb = [x.reshape(nb, kp // chunk, chunk // n, n, n_out) for x in b_ops]
         gb = [jnp.moveaxis(x, (1, 2), (0, 1)) for x in gb]  # (C, G, B, n, N)
+        na = len(a_ops)
 
         def step(c, g):
-            return _fast_step(c, g[:3], g[3:], model, inputs)
+            return _fast_step(c, g[:na], g[na:], model, inputs, path)
 
         run = functools.partial(_pipelined_scan, step)
     else:
