@@ -50,7 +50,7 @@ from jax import lax
 
 from fpsim import _bits
 from fpsim.formats import FP32, Format, get_format
-from fpsim.numerics._dot import canonical_operands as _canonical
+from fpsim.numerics._operands import canonical_operands as _canonical
 from fpsim.rounding import quantize
 
 Alignment = Literal["truncate", "nearest"]
@@ -628,7 +628,7 @@ def tc_dot_general(
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
-                    path: str = "auto"):  # fmt: skip
+                    path: str = "auto", scales=None):  # fmt: skip
     a, b, out_shape = _canonical(lhs, rhs, dims)
     nb, m, k = a.shape
     n_out = b.shape[2]
@@ -674,12 +674,17 @@ def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
             return lax.scan(step, c, xs)[0]
 
     def tensor_core(total, xs):  # one chunk: groups in order, from zero
-        part = run(zero, xs)
+        if scales is not None:  # the chunk's scales, applied as it is promoted
+            *xs, sa, sb = xs
+            part = (sa * sb) * run(zero, xs)
+        else:
+            part = run(zero, xs)
         if model.promote_every is None:
             return part, None
         return _fp32_add(total, part), None
 
-    out = lax.scan(tensor_core, zero, (*ga, *gb))[0]
+    xs = (*ga, *gb) if scales is None else (*ga, *gb, *scales)
+    out = lax.scan(tensor_core, zero, xs)[0]
     special = ~(jnp.all(jnp.isfinite(lhs)) & jnp.all(jnp.isfinite(rhs)))
     xla = lax.dot_general(lhs, rhs, dims, precision=lax.Precision.HIGHEST)
     fix = special & ~jnp.isfinite(xla)
@@ -699,3 +704,80 @@ def tc_matmul(
     if a.ndim < 1 or b.ndim != 2 or a.shape[-1] != b.shape[0]:
         raise ValueError(f"tc_matmul needs (..., m, k) @ (k, n), got {a.shape} @ {b.shape}")
     return tc_dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), model, inputs=inputs)
+
+
+def tc_scaled_matmul(
+    a: jax.typing.ArrayLike,
+    b: jax.typing.ArrayLike,
+    a_scale: jax.typing.ArrayLike,
+    b_scale: jax.typing.ArrayLike,
+    model: str | AccumulatorModel,
+    *,
+    inputs: str | Format,
+) -> jax.Array:
+    """``(a * a_scale) @ (b * b_scale)`` as a scaled FP8 GEMM computes it: the tensor
+    core multiplies the unscaled elements, the scales are applied on promotion.
+
+    DeepSeek-V3's fine-grained FP8 GEMM (and DeepGEMM's kernel) keeps one float32 scale
+    per 1x128 block of ``a`` and per 128x128 block of ``b`` along K. The tensor core
+    adds 128 products of the elements (``model``, with ``promote_every = 128``), and
+    the CUDA cores add ``(a_scale * b_scale) * partial`` to an FP32 accumulator
+    (DeepGEMM: ``final_accum += scale_a * scale_b * accum``). Assumed here: the scale
+    product, its product with the partial sum and the addition each round to nearest
+    FP32 (the compiler may fuse the last two into one FMA, which would round once);
+    the two multiplications use XLA's float32, which flushes subnormal results to zero
+    on CPU.
+
+    Args:
+      a: ``(m, k)`` elements, on ``inputs``' grid (rounded to it otherwise).
+      b: ``(k, n)`` elements.
+      a_scale: ``(m, k // kb)`` scales, one per row and block of ``kb`` along K (or a
+        scalar: one scale for the tensor).
+      b_scale: ``(k // kb, n)`` scales (or a scalar); a 128x128 weight block's scale
+        is repeated over its 128 columns.
+      model: an :class:`AccumulatorModel` or preset name; with more than one block
+        along K it must promote once per block (``promote_every == kb``).
+      inputs: the elements' format.
+
+    Returns:
+      float32 ``(m, n)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fpsim.numerics import tc_scaled_matmul
+      >>> x = jnp.full((1, 256), 1.125)
+      >>> s = jnp.array([[0.5, 0.25]])  # two blocks of 128 along K
+      >>> y = tc_scaled_matmul(x, x.T, s, s.T, "hopper_fp8_promote128", inputs="e4m3")
+      >>> float(y[0, 0])  # 128 * 1.125**2 = 162 per block: 162 * (0.5**2 + 0.25**2)
+      50.625
+    """
+    model = get_accumulator(model)
+    inputs = get_format(inputs)
+    _check_inputs(inputs)
+    a = quantize(jnp.asarray(a, jnp.float32), inputs)
+    b = quantize(jnp.asarray(b, jnp.float32), inputs)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"tc_scaled_matmul needs (m, k) @ (k, n), got {a.shape} @ {b.shape}"
+        )
+    (m, k), n = a.shape, b.shape[1]
+    sa = jnp.asarray(a_scale, jnp.float32)
+    sb = jnp.asarray(b_scale, jnp.float32)
+    blocks = 1 if sa.ndim == 0 else sa.shape[-1]
+    sa = jnp.broadcast_to(sa.reshape(-1, blocks) if sa.ndim else sa, (m, blocks))
+    sb = jnp.broadcast_to(sb.reshape(blocks, -1) if sb.ndim else sb, (blocks, n))
+    if k % blocks:
+        raise ValueError(f"{blocks} scale blocks do not divide K = {k}")
+    if blocks > 1 and model.promote_every != k // blocks:
+        raise ValueError(
+            f"scales per block of {k // blocks} along K are applied when the partial sum "
+            f"is promoted, so the model must promote every {k // blocks} products; "
+            f"{model.name} has promote_every={model.promote_every} (DeepSeek-V3: "
+            "'hopper_fp8_promote128' with blocks of 128)"
+        )
+    if blocks == 1 and model.promote_every is not None and model.promote_every < k:
+        chunks = -(-k // model.promote_every)  # one scale, every chunk
+        sa, sb = jnp.broadcast_to(sa, (m, chunks)), jnp.broadcast_to(sb, (chunks, n))
+    scales = (sa.T[:, None, :, None], sb[:, None, None, :])  # (C, 1, M, 1), (C, 1, 1, N)
+    dims = (((1,), (0,)), ((), ()))
+    return _tc_dot_general(a, b, dims, model, inputs, "auto", scales)
