@@ -240,8 +240,8 @@ FP8_CURRENT_E4M3 = FP8_CURRENT.replace(
 #: scales ``amax / 448``. Simplified: the GEMM accumulates in float32, unless given
 #: DeepSeek-V3's tensor core: ``FP8_BLOCKWISE.replace(accumulator=
 #: "hopper_fp8_promote128")`` adds 128 products at a time on the ~14-bit FP8 adder and
-#: promotes each partial sum, scaled, to FP32 (:func:`fpsim.tc_scaled_matmul`). :data:`FP8_BLOCKWISE_POW2` rounds the
-#: scales up to powers of two, TE's default.
+#: promotes each partial sum, scaled, to FP32 (:func:`fpsim.tc_scaled_matmul`).
+#: :data:`FP8_BLOCKWISE_POW2` rounds the scales up to powers of two, TE's default.
 FP8_BLOCKWISE = Recipe(
     "fp8_blockwise", FP8_BLOCK_1x128, FP8_BLOCK_128x128, FP8_BLOCK_1x128,
     source="DeepSeek-V3 technical report (2024), sec. 3.3; TE Float8BlockScaling",
