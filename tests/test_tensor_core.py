@@ -222,7 +222,7 @@ def test_fast_paths_match_reference_path_and_rational_model(model, inputs):
     b = crafted(rng, 6, k, fmt, spread=12).T.copy()
     dn = (((1,), (0,)), ((), ()))
     ref = np.asarray(tc._tc_dot_general(a, b, dn, model, fmt, "reference"))
-    paths = [p for p in ("float", "int") if getattr(tc, f"_{p}_ok")(model, fmt)]
+    paths = [p for p in ("fma", "float", "int") if getattr(tc, f"_{p}_ok")(model, fmt)]
     assert "int" in paths
     for path in paths:
         got = np.asarray(tc._tc_dot_general(a, b, dn, model, fmt, path))
@@ -239,11 +239,13 @@ def ref_matmul_rows(a, b, model, fmt):
 def test_float_path_is_chosen_where_exact():
     e4m3, fp16, bf16 = (fpsim.get_format(f) for f in ("e4m3", "fp16", "bf16"))
     assert tc._choose_path("auto", tc.HOPPER_FP8, e4m3) == "float"
+    assert tc._choose_path("auto", tc.FP32_EXACT, fp16) == "fma"
+    assert tc._choose_path("auto", tc.FP32_EXACT, bf16) == "int"  # subnormal sums
     assert tc._choose_path("auto", tc.V100_FP16, fp16) == "int"  # sums beyond 2**24
     assert tc._choose_path("auto", tc.HOPPER_FP8, bf16) == "int"  # products leave f32
     with pytest.raises(ValueError, match="cannot compute"):
         tc._choose_path("float", tc.H100_FP16, fp16)
-    with pytest.raises(ValueError, match="valid: auto, float, int, reference"):
+    with pytest.raises(ValueError, match="valid: auto, fma, float, int, reference"):
         tc._choose_path("fastest", tc.H100_FP16, fp16)
 
 

@@ -545,22 +545,40 @@ def _float_ok(model: AccumulatorModel, inputs: Format) -> bool:
     )
 
 
-#: How ``tc_dot_general`` computes: ``"auto"`` picks ``"float"`` where it is exact (FP16,
-#: FP8 inputs), else ``"int"``; ``"reference"`` is the first, unfused implementation
-#: (one (n, M, N) block per step), kept as the tests' second opinion.
-PATHS: tuple[str, ...] = ("auto", "float", "int", "reference")
+def _fma_ok(model: AccumulatorModel, inputs: Format) -> bool:
+    """Whether the model is a correctly rounded FP32 addition of one exact product at a
+    time (:data:`FP32_EXACT`: 26 kept bits and a sticky bit round correctly) and XLA's
+    float32 ``c + a * b`` computes it: products exact and normal, and every sum a
+    multiple of the smallest product, so never a (flushed) subnormal."""
+    return (
+        model.group_size == 1
+        and model.sticky
+        and model.kept_bits >= 26
+        and model.accumulator == FP32
+        and model.rounding == "nearest"
+        and 2 * (inputs.emin - inputs.mantissa_bits) >= -126
+        and 2 * (inputs.emax + 1) <= 127
+    )
+
+
+#: How ``tc_dot_general`` computes: ``"auto"`` picks ``"fma"`` for an exact FP32
+#: accumulator (a float32 multiply-add loop), ``"float"`` where it is exact (FP16, FP8
+#: inputs), else ``"int"``; ``"reference"`` is the first, unfused implementation (one
+#: (n, M, N) block per step), kept as the tests' second opinion.
+PATHS: tuple[str, ...] = ("auto", "fma", "float", "int", "reference")
 
 
 def _choose_path(path: str, model: AccumulatorModel, inputs: Format) -> str:
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid: {', '.join(PATHS)}")
     ok = {
+        "fma": _fma_ok(model, inputs),
         "float": _float_ok(model, inputs),
         "int": _int_ok(model, inputs),
         "reference": True,
     }
     if path == "auto":
-        return next(p for p in ("float", "int", "reference") if ok[p])
+        return next(p for p in ("fma", "float", "int", "reference") if ok[p])
     if not ok[path]:
         raise ValueError(
             f"path {path!r} cannot compute {model.name} on {inputs.name} exactly"
@@ -639,7 +657,26 @@ def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
     b = jnp.pad(b, ((0, 0), (0, kp - k), (0, 0)))
     zero = jnp.zeros((nb, m, n_out), jnp.float32)
     path = _choose_path(path, model, inputs)
-    if path != "reference":
+    if path == "fma":  # c = fl32(c + a_k b_k), several k per loop step
+        unroll = max(u for u in (1, 2, 4, 8, 16) if chunk % u == 0)
+        ga = [
+            jnp.moveaxis(
+                a.reshape(nb, m, kp // chunk, chunk // unroll, unroll), (2, 3), (0, 1)
+            )
+        ]
+        gb = [
+            jnp.moveaxis(
+                b.reshape(nb, kp // chunk, chunk // unroll, unroll, n_out), (1, 2), (0, 1)
+            )
+        ]
+
+        def step(c, g):
+            for i in range(unroll):
+                c = c + g[0][..., i, None] * g[1][..., i, None, :]
+            return c
+
+        run = functools.partial(_pipelined_scan, step)
+    elif path != "reference":
         if path == "int":
             am, ae, an = _operand(a, inputs)
             a_ops, b_ops = (am << _pre_shift(model, inputs), ae, an), _operand(b, inputs)
