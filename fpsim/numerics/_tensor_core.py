@@ -31,11 +31,26 @@ DeepSeek-V3 measured), so long FP8 dot products lose accuracy. DeepSeek-V3's rem
 the CUDA cores and added there with an ordinary FP32 addition; the tensor core restarts
 from zero. :class:`AccumulatorModel` ``promote_every`` simulates that.
 
-Implementation: pure JAX integer arithmetic on the bit patterns, bit-exact on any
-backend. Operands are split into integer significand and exponent; product significands
-(at most 12 x 12 bits) fit in int32, every shift and the fixed-point sum are int32, and
-the final normalisation and rounding build the float32 bit pattern directly, so neither
-XLA's flush-to-zero of float32 subnormals nor any float rounding can interfere.
+Implementation: pure JAX, bit-exact on any backend, in one of four ways (``PATHS``), all
+checked against an exact rational model by the tests:
+
+* ``"int"``: operands split into integer significand and exponent; the product of the
+  significands (at most 12 x 12 bits) and every shift are int32, and the fixed-point
+  sum too (or two halves of it, added into a uint32 magnitude, when ``n * 2**(p+2)``
+  passes ``2**31``). Normalisation and rounding build the float32 bit pattern
+  directly, so neither XLA's flush-to-zero of float32 subnormals nor any float
+  rounding can interfere.
+* ``"float"``: where every product is a normal float32 (FP16, FP8 inputs) and the sum
+  stays below ``2**24`` units (Hopper's FP8 adder): the exact product is scaled by
+  ``2**-(E - p)``, floored, and the terms added in float32, all exactly.
+* ``"fma"``: the exact FP32 accumulator is a float32 multiply-add loop where products
+  and sums can never be subnormal (FP16, FP8 inputs).
+* ``"reference"``: the first implementation, one ``(n, M, N)`` block per group.
+
+The fast paths write a group's ``n`` products as ``n`` separate ``(M, N)`` expressions,
+so that XLA fuses each group step (alignment, fixed-point sum, normalisation) into one
+vectorised loop over the outputs; a ``lax.scan`` walks the groups, with each step's
+operands sliced one iteration ahead (:func:`_pipelined_scan`).
 """
 
 from __future__ import annotations
@@ -369,7 +384,7 @@ def _fp32_add(x, y):
 
 
 # --------------------------------------------------------------------------------------
-# The fast path: one fused integer kernel per group, no (n, M, N) intermediate
+# The fast paths: one fused loop per group step, no (n, M, N) intermediate
 # --------------------------------------------------------------------------------------
 def _operand(x, fmt: Format):
     """``(mag, e, neg)`` with ``|x| == mag * 2**(e - fmt.mantissa_bits)``.
