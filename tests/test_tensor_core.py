@@ -225,8 +225,9 @@ def test_fast_paths_match_reference_path_and_rational_model(model, inputs):
     paths = [p for p in ("fma", "float", "int") if getattr(tc, f"_{p}_ok")(model, fmt)]
     assert "int" in paths
     for path in paths:
-        got = np.asarray(tc._tc_dot_general(a, b, dn, model, fmt, path))
-        np.testing.assert_array_equal(got, ref, err_msg=path)
+        for in_range in (True, False):  # with and without the normal-range shortcut
+            got = np.asarray(tc._tc_dot_general(a, b, dn, model, fmt, path, None, in_range))
+            np.testing.assert_array_equal(got, ref, err_msg=f"{path} {in_range}")
     rows = [0, 1, 2, 4, 5]  # the rational model is slow: the crafted rows, one random
     want = np.array(ref_matmul_rows(a[rows], b[:, :5], model, fmt), np.float32)
     np.testing.assert_array_equal(ref[rows][:, :5], want)
@@ -234,6 +235,14 @@ def test_fast_paths_match_reference_path_and_rational_model(model, inputs):
 
 def ref_matmul_rows(a, b, model, fmt):
     return ref.matmul(a, b, model, fmt)
+
+
+def test_normal_range_shortcut_only_where_no_sum_can_be_subnormal_or_overflow():
+    fp16, bf16, e4m3 = (fpsim.get_format(f) for f in ("fp16", "bf16", "e4m3"))
+    assert tc._in_range(tc.HOPPER_FP8, e4m3, 4096)  # sums between 2**-25 and 2**31
+    assert tc._in_range(tc.V100_FP16, fp16, 4096)
+    assert not tc._in_range(tc.H100_FP16, bf16, 4096)  # products as small as 2**-252
+    assert not tc._in_range(FP16_ACC, fp16, 8)  # 65504**2 overflows FP16
 
 
 def test_float_path_is_chosen_where_exact():

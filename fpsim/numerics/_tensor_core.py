@@ -485,17 +485,19 @@ def _product_terms_float(a, b, big, es, model: AccumulatorModel, inputs: Format)
     return terms
 
 
-def _fast_step(c, a, b, model: AccumulatorModel, inputs: Format, kind: str):
+def _fast_step(c, a, b, model: AccumulatorModel, inputs: Format, kind: str,
+               safe: bool = False):  # fmt: skip
     """One fused step, every product formed where it is used.
 
     ``c`` (B, M, N) float32; ``a``: the group's lhs, each (B, M, n), and ``b`` (B, n, N),
     as :func:`_product_terms_int` or :func:`_product_terms_float` (``kind``) reads them,
     exponents second. The group's products are written as ``n`` separate (B, M, N)
-    expressions, so XLA fuses the whole step into one elementwise loop.
+    expressions, so XLA fuses the whole step into one elementwise loop. ``safe``: the
+    sums are never subnormal nor overflow (:func:`_in_range`).
     """
     acc = model.accumulator
     n = a[0].shape[-1]
-    c_sig, c_f, c_e = _split(c, 0, acc.emin)
+    c_sig, c_f, c_e = _split_normal(c) if safe else _split(c, 0, acc.emin)
     es = [a[1][..., i, None] + b[1][..., i, None, :] for i in range(n)]
     big = functools.reduce(jnp.maximum, es, c_e)  # E
     products = _product_terms_float if kind == "float" else _product_terms_int
@@ -510,8 +512,53 @@ def _fast_step(c, a, b, model: AccumulatorModel, inputs: Format, kind: str):
         h = (n + 1) // 2
         s, g = _add_wide(functools.reduce(jnp.add, terms[:h]),
                          functools.reduce(jnp.add, terms[h:], tc), g)  # fmt: skip
+    if safe:
+        return _normalise_in_range(s, g, acc, model.rounding)
     out = _normalise(s, g, acc, model.rounding)
     return jnp.where(jnp.isfinite(c), out, c)
+
+
+def _in_range(model: AccumulatorModel, inputs: Format, k: int) -> bool:
+    """Whether every running sum of ``k`` products of ``inputs`` values is 0 or a normal
+    number of the accumulator, so the fast paths can skip subnormals and overflow.
+
+    A nonzero sum is a multiple of its step's unit ``2**(E - u)`` with ``E >= 2 * emin``
+    (a product's exponent) or it is the previous sum, untouched (inductively at least
+    ``2**(2 * emin - u)``); it is at most ``k`` products of at most ``max**2`` each, and
+    a unit more per term when rounding to nearest (a factor 2 covers it)."""
+    acc = model.accumulator
+    small = 2 * inputs.emin - model.unit_bits
+    big = max(k, 1).bit_length() + 2 * (inputs.emax + 1) + 1
+    return acc.convention == "ieee" and small >= acc.emin and big <= acc.emax
+
+
+def _split_normal(x):
+    """:func:`_split` for float32 ``x`` that is 0 or normal: no leading-zero count."""
+    bits = lax.bitcast_convert_type(x, jnp.int32)
+    biased = (bits >> 23) & 0xFF
+    mag = jnp.where(biased == 0, 0, (bits & 0x7FFFFF) | (1 << 23))
+    return (
+        jnp.where(bits < 0, -mag, mag),
+        biased - 150,
+        jnp.where(biased == 0, _ZERO_EXP, biased - 127),
+    )
+
+
+def _normalise_in_range(s, g, acc: Format, rounding: str):
+    """:func:`_normalise` for a result that is 0 or normal in ``acc`` (:func:`_in_range`):
+    keep ``acc``'s ``m + 1`` leading bits of ``|s|`` (rounding them), convert them to
+    float32 (exact: at most 24 significant bits) and add ``g`` to the exponent field."""
+    neg = s < 0
+    mag = jnp.abs(s).astype(jnp.uint32)  # < 2**31; uint32 leaves room for rounding up
+    lead = 31 - lax.clz(mag | 1).astype(jnp.int32)  # signed: lead - m may be negative
+    drop = jnp.maximum(lead - acc.mantissa_bits, 0).astype(jnp.uint32)
+    if rounding == "nearest":  # to even; a carry gives a power of two, still exact
+        half = (jnp.uint32(1) << drop) >> 1
+        mag = mag + jnp.where(drop > 0, half - 1 + ((mag >> drop) & 1), 0)
+    q = mag & ~((jnp.uint32(1) << drop) - 1)
+    bits = lax.bitcast_convert_type(q.astype(jnp.float32), jnp.int32) + (g << 23)
+    bits = jnp.where(q == 0, 0, bits) | jnp.where(neg, jnp.int32(-(2**31)), 0)
+    return lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def _pipelined_scan(step, c, xs):
@@ -659,9 +706,9 @@ def tc_dot_general(
     return _tc_dot_general(lhs, rhs, dims, model, inputs)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 7))
 def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
-                    path: str = "auto", scales=None):  # fmt: skip
+                    path: str = "auto", scales=None, in_range: bool = True):  # fmt: skip
     a, b, out_shape = _canonical(lhs, rhs, dims)
     nb, m, k = a.shape
     n_out = b.shape[2]
@@ -704,8 +751,10 @@ def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
         gb = [jnp.moveaxis(x, (1, 2), (0, 1)) for x in gb]  # (C, G, B, n, N)
         na = len(a_ops)
 
+        safe = in_range and _in_range(model, inputs, chunk)
+
         def step(c, g):
-            return _fast_step(c, g[:na], g[na:], model, inputs, path)
+            return _fast_step(c, g[:na], g[na:], model, inputs, path, safe)
 
         run = functools.partial(_pipelined_scan, step)
     else:
