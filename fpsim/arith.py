@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from fpsim import _bits, _keys
 from fpsim.formats import Format
-from fpsim.rounding import quantize
+from fpsim.rounding import quantize, quantize_result
 
 
 def covers(fmt: Format, c: _bits.Carrier) -> bool:
@@ -192,11 +192,11 @@ def add_round(a, b, fmt: Format, rounding: str = "nearest", key=None, *,
     check_exact_sum(fmt, rounding, c)
     if rounding == "stochastic":
         return _exact_stochastic(a, b, fmt, key, saturate)
+    # the carrier values rounded are sums: their NaNs are quiet (quantize_result), and
+    # for FP16 and BF16 to nearest the rounding is XLA's own conversion
     if on_grid and double_rounding_innocuous(fmt, rounding, c):
-        return quantize(a + b, fmt, rounding, saturate=saturate)
-    # round to odd, then once to fmt (for FP16 and BF16 to nearest, quantize is XLA's
-    # own conversion: cheap inside a long scan)
-    return quantize(sum_to_odd(a, b), fmt, rounding, saturate=saturate)
+        return quantize_result(a + b, fmt, rounding, saturate=saturate)
+    return quantize_result(sum_to_odd(a, b), fmt, rounding, saturate=saturate)
 
 
 def sub_round(a, b, fmt: Format, rounding: str = "nearest", key=None) -> jax.Array:

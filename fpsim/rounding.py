@@ -245,18 +245,24 @@ def _overflows(mode: RoundingMode, neg):
     return neg if ov_neg else ~neg
 
 
-#: The formats whose round to nearest (ties to even, overflow to inf or NaN, gradual
-#: underflow) XLA's own float32 -> ``dtype`` -> float32 conversion computes, bit for bit
-#: apart from NaN payloads: tested per value over millions of bit patterns (subnormals,
-#: ties, overflow, inf, NaN) in ``tests/test_quantize_native.py``. On CPU it is one
-#: instruction pair for float16 (F16C) and a few for bfloat16, cheaper inside a fused
-#: loop than the general integer rounding below. XLA's FP8 conversions are exact too
-#: (e4m3fn, e5m2) but slower than the integer rounding on CPU, so they are not used;
-#: its "fnuz" conversions give NaNs of the wrong sign.
+#: The formats whose round to nearest (ties to even, overflow to inf, gradual underflow)
+#: XLA's own float32 -> ``dtype`` -> float32 conversion computes bit for bit, NaNs
+#: included except where :data:`QUIETS_SIGNALLING_NAN`: tested per value over millions
+#: of bit patterns (subnormals, ties, overflow, inf, NaN payloads) in
+#: ``tests/test_quantize_native.py``. On CPU it is one instruction pair for float16
+#: (F16C) and a few for bfloat16, cheaper inside a fused loop than the general integer
+#: rounding below. XLA's FP8 conversions (e4m3fn, e5m2) are exact too (tested) but
+#: slower than the integer rounding on CPU, so they are not used.
 NATIVE_NEAREST: dict[str, jnp.dtype] = {
     "float16": jnp.dtype(jnp.float16),
     "bfloat16": jnp.dtype(jnp.bfloat16),
 }
+#: Conversions that quiet a signalling NaN (set the top payload bit, as x86's
+#: ``vcvtps2ph`` does) where ml_dtypes, and so ``quantize``, keep the top payload bits as
+#: they are: a guard puts fpsim's NaN back. A *quiet* NaN converts to the same bits
+#: either way, and every NaN that float arithmetic produces is quiet (IEEE 754 section
+#: 6.2), so :func:`quantize_result` skips the guard.
+QUIETS_SIGNALLING_NAN = frozenset({"float16"})
 
 
 def native_dtype(
@@ -270,25 +276,24 @@ def native_dtype(
     return NATIVE_NEAREST.get(fmt.dtype_name)
 
 
-def _round_native(x, fmt: Format, narrow: jnp.dtype):
-    """Round to nearest by XLA's conversion; NaN inputs get fpsim's NaN bits.
-
-    The guard matters for float16: the conversion quiets a signalling NaN (sets the top
-    payload bit), where ml_dtypes (and ``quantize``) keep the payload's top bits as
-    they are.
-    """
+def _round_native(x, fmt: Format, narrow: jnp.dtype, quiet_nans: bool = False):
+    """Round to nearest by XLA's conversion; NaN inputs get fpsim's NaN bits (a guard
+    for signalling NaNs, unless ``quiet_nans`` promises there are none)."""
+    y = x.astype(narrow).astype(x.dtype)
+    if quiet_nans or fmt.dtype_name not in QUIETS_SIGNALLING_NAN:
+        return y
     c = _bits.carrier_of(x.dtype)
     bits = c.to_bits(x)
     nan = c.from_bits(_nan_bits(bits, bits & c.uint(c.sign_mask), fmt, c))
     is_nan = (bits & c.uint(c.abs_mask)) > c.uint(c.inf_bits)
-    return jnp.where(is_nan, nan, x.astype(narrow).astype(x.dtype))
+    return jnp.where(is_nan, nan, y)
 
 
 def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals: bool,
-                random_bits: int | None):  # fmt: skip
+                random_bits: int | None, quiet_nans: bool = False):  # fmt: skip
     narrow = native_dtype(fmt, rounding, saturate, subnormals, x.dtype)
     if narrow is not None:
-        return _round_native(x, fmt, narrow)
+        return _round_native(x, fmt, narrow, quiet_nans)
     return _round_bits(x, rand, fmt, rounding, saturate, subnormals, random_bits)
 
 
@@ -372,21 +377,26 @@ def _round_bits(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals:
     return c.from_bits(out)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits):
-    return _round_core(x, rand, fmt, rounding, saturate, subnormals, random_bits)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits,
+                  quiet_nans=False):  # fmt: skip
+    opts = (saturate, subnormals, random_bits, quiet_nans)
+    return _round_core(x, rand, fmt, rounding, *opts)
 
 
 @_quantize_ste.defjvp
-def _quantize_ste_jvp(fmt, rounding, saturate, subnormals, random_bits, primals, tangents):
+def _quantize_ste_jvp(fmt, rounding, saturate, subnormals, random_bits, quiet_nans,
+                      primals, tangents):  # fmt: skip
     x, rand = primals
-    out = _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits)
+    out = _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits,
+                        quiet_nans)  # fmt: skip
     return out, tangents[0]  # straight-through: d quantize(x) / dx := 1
 
 
 @functools.lru_cache(maxsize=512)
 def _rounder(fmt: Format, rounding: str, saturate: bool, subnormals: bool,
-             random_bits: int | None, rng: str = "threefry"):  # fmt: skip
+             random_bits: int | None, rng: str = "threefry",
+             quiet_nans: bool = False):  # fmt: skip
     """The jitted rounding for one (format, mode, options): built once, then reused.
 
     Deterministic modes take only ``x``; stochastic rounding takes ``(x, rand)`` with
@@ -398,7 +408,7 @@ def _rounder(fmt: Format, rounding: str, saturate: bool, subnormals: bool,
     static = (fmt, rounding, saturate, subnormals, random_bits)
     if get_mode(rounding).deterministic:
         no_rand = np.zeros((), np.uint8)
-        return jax.jit(lambda x: _quantize_ste(x, no_rand, *static))
+        return jax.jit(lambda x: _quantize_ste(x, no_rand, *static, quiet_nans))
     if rng == "hash":
 
         def hashed(x, kd):
@@ -538,6 +548,23 @@ def quantize(
         return _rounder(fmt, rounding, saturate, subnormals, random_bits, rng)(x, kd)
     rand = _random_words(key, x.shape, _bits.carrier_of(x.dtype), random_bits)
     return _rounder(fmt, rounding, saturate, subnormals, random_bits)(x, rand)
+
+
+def quantize_result(x: jax.Array, fmt: Format, rounding: str = "nearest", *,
+                    saturate: bool = False) -> jax.Array:  # fmt: skip
+    """``quantize(x, fmt, rounding, saturate=saturate)`` for a float32 ``x`` that float
+    arithmetic computed (a sum, a product): the same bits, a little cheaper.
+
+    A NaN such an ``x`` holds is quiet (IEEE 754 section 6.2: an operation on NaNs
+    delivers a quiet NaN), and only a signalling NaN needs the guard that keeps
+    ``quantize``'s NaN bits on the float16 fast path (:data:`QUIETS_SIGNALLING_NAN`).
+    Deterministic modes; anything else is :func:`quantize`.
+    """
+    fmt = get_format(fmt)
+    if not get_mode(rounding).deterministic or fmt.convention == "fnu":
+        return quantize(x, fmt, rounding, saturate=saturate)
+    x = as_float_array(x, fmt, rounding)
+    return _rounder(fmt, rounding, saturate, True, None, quiet_nans=True)(x)
 
 
 # --------------------------------------------------------------------------------------

@@ -94,3 +94,26 @@ def test_xla_fp8_conversions_are_exact_too(name):
     native = jax.jit(lambda v: v.astype(dt).astype(jnp.float32))(x)
     assert_bits_equal(native, fpsim.quantize(x, fmt))
     np.testing.assert_array_equal(f32_bits(native), f32_bits(fpsim.quantize(x, fmt)))
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "e4m3", "e3m2"])
+def test_quantize_result_is_quantize_for_computed_values(name):
+    """quantize_result skips the signalling-NaN guard: the same bits as quantize for
+    every input whose NaNs are quiet, which is every result of float arithmetic."""
+    from fpsim.rounding import quantize_result
+
+    fmt = fpsim.get_format(name)
+    bits = bit_patterns(fmt, 1 << 16)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    x = jnp.asarray(from_bits(np.where(nan, bits | 0x00400000, bits)))  # NaNs quieted
+    np.testing.assert_array_equal(
+        f32_bits(quantize_result(x, fmt)), f32_bits(fpsim.quantize(x, fmt))
+    )
+    # arithmetic on a signalling NaN delivers a quiet one, under jit as eagerly
+    snan = jnp.asarray(from_bits(np.array([0x7F800001, 0xFFA00000], np.uint32)))
+    total = jax.jit(lambda a: a + jnp.float32(1))(snan)
+    assert (f32_bits(total) & 0x00400000).all()
+    np.testing.assert_array_equal(
+        f32_bits(quantize_result(total, fmt)), f32_bits(fpsim.quantize(total, fmt))
+    )
+    assert (f32_bits(fpsim.quantize(snan, "fp16")) & 0x00400000 == 0).all()  # kept
