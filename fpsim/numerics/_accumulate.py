@@ -59,7 +59,7 @@ from jax import lax
 from fpsim import _bits, _keys
 from fpsim.arith import add_round, check_exact_sum, covers, round_to
 from fpsim.formats import FP16, Format, get_format
-from fpsim.rounding import FormatLike, as_float_array, check_rounding
+from fpsim.rounding import NATIVE_NEAREST, FormatLike, as_float_array, check_rounding
 
 Order = Literal["native", "sequential", "pairwise", "chunked", "kahan", "ring"]
 #: Every reduction order, of sums, dot products and all-reduces alike.
@@ -163,19 +163,25 @@ def _kahan(xs, term, init, n: int, fmt, rounding, key):
     if init is None:
         init, start = term(jax.tree_util.tree_map(lambda a: a[0], xs), 0), 1
         s_on_grid = False
+    # s and c are values of fmt: held in float16 or bfloat16 where fmt is that type, the
+    # two arrays the loop carries move half the bytes (exact: their NaNs are quiet)
+    wide = init.dtype
+    narrow = NATIVE_NEAREST.get(fmt.dtype_name) if wide == jnp.float32 else None
+    store = narrow if narrow is not None and s_on_grid else wide
 
     def step(carry, x_i):
-        s, c = carry
+        s, c = (v.astype(wide) for v in carry)
         x, i = x_i
         k = [reduction_key(key, "kahan", i, j) for j in range(4)]
         y = add_round(term(x, i), -c, fmt, rounding, k[0])
         t = add_round(s, y, fmt, rounding, k[1], on_grid=s_on_grid)
         d = add_round(t, -s, fmt, rounding, k[2], on_grid=s_on_grid)
         c = add_round(d, -y, fmt, rounding, k[3], on_grid=True)
-        return (t, c), None
+        return (t.astype(store), c.astype(store)), None
 
-    carry = (init, jnp.zeros_like(init))
-    return lax.scan(step, carry, (_take(xs, start), jnp.arange(start, n)))[0][0]
+    carry = (init.astype(store), jnp.zeros(init.shape, store))
+    out = lax.scan(step, carry, (_take(xs, start), jnp.arange(start, n)))[0][0]
+    return out.astype(wide)
 
 
 def _tree(terms, fmt, rounding, key, raw: str = "all", level: int = 0):
