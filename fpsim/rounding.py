@@ -21,6 +21,10 @@ How it works (all integer arithmetic on the bits, see ``fpsim._bits``):
    FP8 formats) or to max (FP6/FP4, or ``saturate=True``); flush of subnormal results
    (``subnormals=False``); no negative zero in "fnuz" formats; NaN bits as ml_dtypes.
 
+Round to nearest FP16 and BF16 (no saturation, subnormals kept) takes a shortcut with
+the same bits: XLA's own float32 -> float16/bfloat16 -> float32 conversion, one or a
+few instructions instead of the integer steps (see :data:`NATIVE_NEAREST`).
+
 What each mode does at steps 3 and 5 (which way the magnitude steps, where overflow
 goes) is read from one table, :data:`fpsim._modes.MODES`. Host float64 data (x64 off)
 is rounded once, exactly, in float64 on the host before step 1, so that no format

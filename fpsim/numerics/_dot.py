@@ -94,7 +94,9 @@ def lp_dot_general(
     Returns:
       float32 array (float64 for float64 operands under x64). Memory: sequential,
       chunked and Kahan orders hold ``B*M*N`` (times the number of chunks) values at a
-      time; pairwise holds all ``B*M*K*N`` products.
+      time; pairwise about ``(32 + K/16)*B*M*N`` (blocks of 16 products and the block
+      sums), but all ``B*M*K*N`` products with stochastic rounding, whose random
+      bits are drawn a whole tree level at a time.
     """
     inputs, products, output = _fmt(inputs), _fmt(products), _fmt(output)
     accum = get_format(accum)
