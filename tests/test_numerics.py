@@ -331,3 +331,29 @@ def test_add_round_on_grid_is_the_exact_rounding(fmt, saturate):
     got = add_round(jnp.asarray(a), jnp.asarray(b), fmt, saturate=saturate, on_grid=True)
     want = add_round(jnp.asarray(a), jnp.asarray(b), fmt, saturate=saturate)
     assert_bits_equal(got, want)
+
+
+def test_pairwise_in_blocks_and_row_tiles_is_the_whole_tree(monkeypatch):
+    """The pairwise tree summed 16 terms at a time, over tiles of lhs rows (padded at
+    the end), gives the bits of the tree over all terms at once (stochastic rounding,
+    which is never tiled, builds the whole tree)."""
+    import fpsim.numerics._accumulate as acc
+    import fpsim.numerics._dot as dot
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 37, 70)) * 2.0 ** rng.integers(-8, 8, (3, 37, 70))
+    b = rng.standard_normal((3, 70, 40))
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    spec = dict(inputs="fp16", accum="bf16", order="pairwise")
+    monkeypatch.setattr(dot, "PAIRWISE_TILE_BYTES", 16 * 4 * 3 * 40 * 5)  # 5 rows
+    assert dot._pairwise_rows("pairwise", None, 3, 37, 70, 40) == 5
+    tiled = fpsim.lp_matmul(a, b, **spec)
+    monkeypatch.setattr(dot, "PAIRWISE_TILE_BYTES", 1 << 40)
+    monkeypatch.setattr(acc, "PAIRWISE_BLOCK_LOG2", 10)  # one block: every term at once
+    jax.clear_caches()
+    whole = fpsim.lp_matmul(a, b, **spec)
+    bits = lambda v: np.asarray(v, np.float32).view(np.uint32)  # noqa: E731
+    np.testing.assert_array_equal(bits(tiled), bits(whole))
+    for i, j in [(0, 0), (2, 36)]:  # and the exact reference, in a padded last tile too
+        want = _ref_dot(a[i, 36], b[i, :, j], fpsim.FP16, None, fpsim.BF16, "pairwise", 1)
+        assert float(tiled[i, 36, j]) == want
