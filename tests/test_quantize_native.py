@@ -92,7 +92,6 @@ def test_xla_fp8_conversions_are_exact_too(name):
     x = jnp.asarray(from_bits(bit_patterns(fmt, 1 << 18)))
     dt = getattr(ml_dtypes, fmt.dtype_name)
     native = jax.jit(lambda v: v.astype(dt).astype(jnp.float32))(x)
-    assert_bits_equal(native, fpsim.quantize(x, fmt))
     np.testing.assert_array_equal(f32_bits(native), f32_bits(fpsim.quantize(x, fmt)))
 
 
