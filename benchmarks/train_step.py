@@ -23,6 +23,8 @@ import optax
 import fpsim
 
 PRESETS = ("float32", "fp16_mixed", "bf16_mixed", "fp16_pure", "fp8_hybrid")
+#: Issue 13's goals for the transformer block: at most this many times the float32 step.
+GOALS = {"fp16_mixed": 1.3, "fp16_pure": 1.5, "bf16_mixed": 1.3}
 
 
 class MLP(nn.Module):
@@ -87,6 +89,11 @@ def bench(name, model, x, y, repeats, watch):
     for pol in PRESETS:
         ratio = med[pol] / med["baseline"]
         print(f"| fpsim.nn `{pol}` | {med[pol] * 1e3:.2f} | {ratio:.2f}x |")
+    if name.startswith("transformer"):  # issue 13's goals for the block
+        for pol, goal in GOALS.items():
+            ratio = med[pol] / med["baseline"]
+            verdict = "met" if ratio <= goal else "not met"
+            print(f"# goal {pol} <= {goal}x float32: {ratio:.2f}x, {verdict}")
 
 
 def main() -> None:

@@ -90,7 +90,9 @@ def lp_dot_general(
     Returns:
       float32 array (float64 for float64 operands under x64). Memory: sequential,
       chunked and Kahan orders hold ``B*M*N`` (times the number of chunks) values at a
-      time; pairwise holds all ``B*M*K*N`` products.
+      time; pairwise about ``(32 + K/16)*B*M*N`` (blocks of 16 products and the block
+      sums), but all ``B*M*K*N`` products with stochastic rounding, whose random
+      bits are drawn a whole tree level at a time.
     """
     inputs, products, output = _fmt(inputs), _fmt(products), _fmt(output)
     if accumulator is not None:
@@ -164,10 +166,38 @@ def _lp_dot_general(lhs, rhs, key, dimension_numbers, inputs, products, accum, o
         k = reduction_key(key, "products", i)
         return round_to(ak[..., :, None] * bk[..., None, :], products, rounding, k)
 
-    xs = (jnp.moveaxis(a, 2, 0), jnp.moveaxis(b, 1, 0))  # (K, B, M) and (K, B, N)
-    init = jnp.zeros((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
-    out = reduce_terms(xs, term, a.shape[2], init, accum, order, chunk, rounding, key)
+    def reduce(a):  # (B, m, K) rows of the lhs against all of b
+        xs = (jnp.moveaxis(a, 2, 0), jnp.moveaxis(b, 1, 0))  # (K, B, m) and (K, B, N)
+        init = jnp.zeros((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+        return reduce_terms(xs, term, a.shape[2], init, accum, order, chunk, rounding, key)
+
+    rows = _pairwise_rows(order, key, *a.shape, b.shape[2])
+    if rows is None:
+        out = reduce(a)
+    else:  # tiles of rows, so that a tile's pairwise blocks stay in cache
+        bsz, m, k = a.shape
+        tiles = -(-m // rows)
+        padded = jnp.pad(a, ((0, 0), (0, tiles * rows - m), (0, 0)))
+        parts = jnp.moveaxis(padded.reshape(bsz, tiles, rows, k), 1, 0)
+        out = jnp.moveaxis(lax.map(reduce, parts), 0, 1).reshape(bsz, tiles * rows, -1)
+        out = out[:, :m]
     return round_to(out.reshape(out_shape), output)
+
+
+#: Bytes of products a tile of the pairwise tree may hold (a block of 16 per element).
+PAIRWISE_TILE_BYTES = 1 << 20
+
+
+def _pairwise_rows(order: str, key, bsz: int, m: int, k: int, n: int) -> int | None:
+    """Rows of the lhs per tile of a pairwise product, or None for no tiling.
+
+    Each output element's tree is its own, so cutting the rows into tiles changes no
+    bit; stochastic rounding draws a level's bits for the whole output, so it is not
+    tiled."""
+    if order != "pairwise" or key is not None:
+        return None
+    rows = max(1, PAIRWISE_TILE_BYTES // (16 * 4 * bsz * n))
+    return None if rows >= m else rows
 
 
 def lp_dot(a: jax.typing.ArrayLike, b: jax.typing.ArrayLike, **spec) -> jax.Array:
