@@ -83,6 +83,7 @@ scaling, and the one line that says what it shows.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import math
 import sys
@@ -108,12 +109,17 @@ class RunSpec(NamedTuple):
       loss_scaling: wrap Adam in :func:`fpsim.optim.dynamic_loss_scaling` (PyTorch
         GradScaler's rules, growth every ``LOSS_SCALE_GROWTH`` good steps).
       lesson: what the run shows, in one line.
+      recipe: a GEMM-level training recipe (:data:`fpsim.nn.RECIPES` name or a
+        :class:`fpsim.nn.Recipe`): every ``Dense``/``DenseGeneral`` but the head
+        quantizes the operands of its three GEMMs as the recipe says
+        (:func:`fpsim.nn.with_recipe`), on top of ``policy``; None for none.
     """
 
     name: str
     policy: Any
     loss_scaling: bool = False
     lesson: str = ""
+    recipe: Any = None
 
 
 #: The runs, in table order. Add a recipe by adding an entry.
@@ -141,9 +147,62 @@ RUNS: tuple[RunSpec, ...] = (
         "fp8_naive",
         lesson="the same casts without scales: E5M2 flushes the gradients",
     ),
+    # today's recipes: each GEMM quantizes its two operands (fpsim.nn.RECIPES); around
+    # the GEMMs the network runs in BF16 (bf16_mixed), as Transformer Engine's do
+    RunSpec(
+        "fp8_current",
+        "bf16_mixed",
+        recipe="fp8_current",
+        lesson="E4M3/E5M2, one scale per tensor from its amax now",
+    ),
+    RunSpec(
+        "fp8_blockwise",
+        "bf16_mixed",
+        recipe="fp8_blockwise",
+        lesson="E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)",
+    ),
+    RunSpec(
+        "mxfp8",
+        "bf16_mixed",
+        recipe="mxfp8",
+        lesson="E4M3 in blocks of 32 with power-of-two scales (OCP MX)",
+    ),
+    RunSpec(
+        "nvfp4",
+        "bf16_mixed",
+        recipe="nvfp4",
+        lesson="E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard",
+    ),
+    RunSpec(
+        "nvfp4_no_rht",
+        "bf16_mixed",
+        recipe="nvfp4_no_rht",
+        lesson="NVFP4 without the random Hadamard transform of the wgrad GEMM",
+    ),
+    RunSpec(
+        "nvfp4_no_sr",
+        "bf16_mixed",
+        recipe="nvfp4_no_sr",
+        lesson="NVFP4 with gradients rounded to nearest: a biased gradient",
+    ),
+    RunSpec(
+        "nvfp4_1d_weights",
+        "bf16_mixed",
+        recipe="nvfp4_1d_weights",
+        lesson="NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
+    ),
+    RunSpec(
+        "mxfp4_naive",
+        "bf16_mixed",
+        recipe="mxfp4_naive",
+        lesson="E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care",
+    ),
 )
 
 LOSS_SCALE_GROWTH = 100
+#: Layers a recipe leaves alone: the head (62 outputs, not a multiple of any block; the
+#: recipes keep the last layer in higher precision too).
+RECIPE_SKIP = ("head",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +243,38 @@ class LMConfig:
 #: ``fpsim demo lm``; ``--fast`` (one block instead of two, fewer steps).
 DEFAULT = LMConfig()
 FAST = dataclasses.replace(DEFAULT, depth=1, steps=80)
+
+
+#: What ``--fast`` runs unless ``--runs`` says otherwise: the classic formats' lesson
+#: in four runs and the recipes' in three.
+FAST_RUNS_NAMES = ("float32", "bf16", "fp16 (no loss scaling)", "fp8 naive", "mxfp8",
+                   "nvfp4", "mxfp4_naive")  # fmt: skip
+
+
+def select_runs(patterns: str | tuple[str, ...], runs: tuple[RunSpec, ...] = RUNS):
+    """The runs whose names match ``patterns``, in table order.
+
+    ``patterns`` is a comma-separated string (``"float32,fp16*,nvfp4*"``) or a tuple
+    of fnmatch patterns, matched case-insensitively against :attr:`RunSpec.name`.
+    A pattern that matches no run raises ``ValueError`` naming the valid names.
+    """
+    if isinstance(patterns, str):
+        patterns = tuple(p.strip() for p in patterns.split(","))
+    patterns = tuple(p for p in patterns if p)
+    names = ", ".join(repr(r.name) for r in runs)
+    if not patterns:
+        raise ValueError(f"no run named; valid runs: {names}")
+
+    def match(r: RunSpec, p: str) -> bool:
+        return fnmatch.fnmatchcase(r.name.lower(), p.lower())
+
+    for p in patterns:
+        if not any(match(r, p) for r in runs):
+            raise ValueError(f"no run matches {p!r}; valid runs: {names}")
+    return tuple(r for r in runs if any(match(r, p) for p in patterns))
+
+
+FAST_RUNS: tuple[RunSpec, ...] = select_runs(FAST_RUNS_NAMES)
 
 
 # --------------------------------------------------------------------------------------
@@ -324,6 +415,7 @@ class RunResult(NamedTuple):
     held_out_loss: float
     seconds: float
     compile_seconds: float
+    recipe: str | None = None  # the GEMM recipe's name, None for a policy-only run
 
 
 def _overflow_and_nonzero(st):
@@ -383,6 +475,8 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
 
     data = corpus()
     model = make_model(data.vocab, config)
+    if spec.recipe is not None:
+        model = fpsim.nn.with_recipe(model, spec.recipe, skip=RECIPE_SKIP, seed=seed)
     optimizer, loss_scale = _optimizer(spec, config)
     ts = fpsim.nn.make_train_step(model, spec.policy, optimizer, loss_scale=loss_scale)
     step = jax.jit(lambda s, b: (lambda s2, m: (s2, step_summary(m)))(*ts.step(s, b)))
@@ -416,19 +510,27 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         names = layer_order(rows[0][key])
         return {k: np.asarray([r[key][k] for r in rows], np.float64) for k in names}
 
+    if spec.recipe is None:
+        lost, saturated_all = series("grad_underflow"), series("saturated_all")
+        flushed, saturated = per_layer("flushed"), per_layer("saturated")
+        scales = {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)}
+    else:  # the policy's statistics do not see the quantization inside the GEMMs
+        lost = saturated_all = np.full(config.steps, np.nan)
+        flushed, saturated, scales = {}, {}, {}
     return RunResult(
         spec.name,
         series("loss"),
         series("loss_scale"),
         np.asarray([bool(r["finite"]) for r in rows]),
-        series("grad_underflow"),
-        series("saturated_all"),
-        per_layer("flushed"),
-        per_layer("saturated"),
-        {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)},
+        lost,
+        saturated_all,
+        flushed,
+        saturated,
+        scales,
         held_out,
         seconds,
         compile_seconds,
+        None if spec.recipe is None else fpsim.nn.get_recipe(spec.recipe).name,
     )
 
 
@@ -495,9 +597,12 @@ def final_loss(r: RunResult) -> float:
     return float(np.mean(_tail(r.loss, 10)))
 
 
-def _share(x: float) -> str:
-    """A share for the table: a percentage, or scientific notation when tiny."""
-    return "0" if x == 0 else f"{x:.2%}" if x >= 1e-4 else f"{x:.1e}"
+def _share(x: float, digits: int = 2) -> str:
+    """A share for the table: a percentage, scientific notation when tiny, ``-`` when
+    not measured (NaN)."""
+    if math.isnan(x):
+        return "-"
+    return "0" if x == 0 else f"{x:.{digits}%}" if x >= 1e-4 else f"{x:.1e}"
 
 
 def summary_table(results, entropy: float | None = None) -> str:
@@ -515,7 +620,7 @@ def summary_table(results, entropy: float | None = None) -> str:
         ratio = ppl / ref_ppl if math.isfinite(ppl) else math.inf
         lines.append(
             f"{r.name:24} {final_loss(r):6.3f} {r.held_out_loss:8.3f} {ppl:6.2f} "
-            f"{ratio:6.2f}x {np.mean(_tail(r.grads_lost, 4)):10.2%} "
+            f"{ratio:6.2f}x {_share(np.mean(_tail(r.grads_lost, 4)), 2):>10} "
             f"{_share(np.mean(_tail(r.saturated_all, 4))):>9} {int((~r.finite).sum()):7d} "
             f"{r.seconds:5.1f}s"
         )
@@ -579,32 +684,74 @@ def _heatmaps(results, field: str, label: str, title: str, empty: str):
     return fig
 
 
-def figures(results) -> dict[str, Any]:
-    """The demo's figures, by file name."""
+def recipe_family(r: RunResult) -> str:
+    """The loss figure's panel of a run: ``"formats"`` (a policy only), or the element
+    width of its recipe's operands (``"8-bit recipes"``, ``"4-bit recipes"``)."""
+    if r.recipe is None:
+        return "formats"
+    import fpsim.nn
+
+    element = fpsim.nn.get_recipe(r.recipe).activation.element
+    bits = getattr(element, "bits", 8)  # MXINT8's elements are "int8"
+    return f"{bits}-bit recipes"
+
+
+def _reference(results, names=("bf16", "float32")):
+    """The recipe panels' baseline: the BF16 run (the recipes run in BF16 around their
+    GEMMs), else float32, else None."""
+    by_name = {r.name: r for r in results}
+    return next((by_name[n] for n in names if n in by_name), None)
+
+
+def loss_figure(results):
+    """Training loss of every run: one panel of whole-network formats (loss curves),
+    one per family of GEMM recipes (loss minus the reference run's, same batches)."""
     import fpsim.plot
     from fpsim.plot import new_figure
     from fpsim.showcase.mlp_demo import running_mean
 
-    out = {}
-    entropy = unigram_entropy(corpus().train)
-    fig, (ax,) = new_figure((8, 4.8))
     window = max(len(results[0].loss) // 20, 1)
-    fpsim.plot.training_curves(
-        {r.name: running_mean(r.loss, window) for r in results},
-        ax=ax,
-        ylabel=f"training loss, nats/char (mean of {window} steps)",
-        title="A character-level transformer on Shakespeare, one run per recipe",
-    )
-    ax.axhline(entropy, color="0.4", linewidth=1, linestyle=":")
-    ax.annotate(
-        f"character frequencies alone: {entropy:.2f}",
-        (0, entropy),
-        xytext=(4, 4),
-        textcoords="offset points",
-        fontsize=8,
-        color="0.3",
-    )
-    out["lm_training_curves.png"] = fig
+    panels: dict[str, list] = {}
+    for r in results:
+        panels.setdefault(recipe_family(r), []).append(r)
+    ref = _reference(results)
+    fig, axes = new_figure((8, 4.2 * len(panels)), rows=len(panels))
+    entropy = unigram_entropy(corpus().train)
+    for ax, (family, runs) in zip(axes, panels.items(), strict=True):
+        if family == "formats" or ref is None:
+            fpsim.plot.training_curves(
+                {r.name: running_mean(r.loss, window) for r in runs},
+                ax=ax,
+                ylabel=f"training loss, nats/char\n(mean of {window} steps)",
+                title="A character-level transformer on Shakespeare, one run per format"
+                if family == "formats"
+                else f"{family}: training loss",
+            )
+            ax.axhline(entropy, color="0.4", linewidth=1, linestyle=":")
+            ax.annotate(
+                f"character frequencies alone: {entropy:.2f}", (0, entropy),
+                xytext=(4, 4), textcoords="offset points", fontsize=8, color="0.3",
+            )  # fmt: skip
+            continue
+        fpsim.plot.training_curves(
+            {r.name: running_mean(r.loss - ref.loss, window) for r in runs},
+            ax=ax,
+            ylabel=f"loss minus {ref.name}'s, nats/char\n(mean of {window} steps)",
+            title=f"{family} (every Dense but the head), against {ref.name}: "
+            "same batches, same start",
+        )
+        ax.axhline(0, color="0.4", linewidth=1, linestyle=":")
+    for ax in axes:
+        ax.legend(fontsize=8, ncols=2)
+    return fig
+
+
+def figures(results) -> dict[str, Any]:
+    """The demo's figures, by file name."""
+    import fpsim.plot
+    from fpsim.plot import new_figure
+
+    out = {"lm_training_curves.png": loss_figure(results)}
     out["lm_flushed_per_layer.png"] = _heatmaps(
         results,
         "flushed",
@@ -651,11 +798,14 @@ def run(
     outdir: str | None = None,
     fast: bool = False,
     config: LMConfig | None = None,
-    runs: tuple[RunSpec, ...] = RUNS,
+    runs: tuple[RunSpec, ...] | str | None = None,
 ) -> int:
     """Entry point of ``fpsim demo lm``: train, print the table, write the figures.
 
-    The output directory is checked before any training.
+    ``runs``: :class:`RunSpec` values, or names and fnmatch patterns for
+    :func:`select_runs` (``"float32,nvfp4*"``); None: :data:`RUNS`, or
+    :data:`FAST_RUNS` with ``fast``. Runs and output directory are checked before
+    any training.
     """
     from fpsim.plot import save
     from fpsim.showcase.mlp_demo import check_outdir
@@ -666,6 +816,14 @@ def run(
             print("fpsim demo: error: --steps must be at least 1", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, steps=steps)
+    if runs is None:
+        runs = FAST_RUNS if fast else RUNS
+    elif isinstance(runs, str):
+        try:
+            runs = select_runs(runs)
+        except ValueError as e:
+            print(f"fpsim demo: error: --runs: {e}", file=sys.stderr)
+            return 2
     out = Path(outdir or "fpsim-demo-lm")
     problem = check_outdir(out)
     if problem:
