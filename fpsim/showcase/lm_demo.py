@@ -225,7 +225,7 @@ class LMConfig:
     heads: int = 4
     context: int = 64
     batch: int = 16
-    steps: int = 300
+    steps: int = 200
     learning_rate: float = 3e-3
     eval_windows: int = 64
 
