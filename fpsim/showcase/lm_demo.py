@@ -29,51 +29,85 @@ through the softmax's Jacobian and are smaller still; the residual stream's (the
 gradients of ``attn/out`` and ``mlp_out``) are not. FP8's E5M2 (smallest subnormal
 ``2**-16`` = 1.5e-5) loses far more without a scale.
 
-Measured (``fpsim demo lm``, seed 0: two blocks, 300 steps of 16 x 64 characters;
-"lost" is the share of the *nonzero* activation-gradient values that the backward pass
-flushed to zero, all layers pooled, mean over the last quarter of the steps; "ppl" the
-held-out perplexity; the character frequencies alone give 3.313 nats, ppl 27.5):
+Today's recipes (the last eight runs) quantize inside the three GEMMs of every
+``Dense``/``DenseGeneral`` but the head (forward, input gradient, weight gradient; each
+operand along the axis that GEMM contracts: :func:`fpsim.nn.with_recipe`). Around the
+GEMMs the network is the bf16 run's (policy ``bf16_mixed``: BF16 layer inputs, outputs
+and activation gradients, float32 master weights, norms and embeddings in float32), as
+Transformer Engine runs its recipes inside BF16 autocast, so each recipe row reads
+against bf16. The head stays out (62 outputs, a multiple of no block; the recipes keep
+the last layers in higher precision too). The sizes fit every recipe's blocks: width
+128 (DeepSeek-V3's 128x128 weight tiles), MLP 512, ``batch * context = 1024`` tokens
+per step and 4096 held out (1x128 and 1x16 blocks along the tokens of the
+weight-gradient GEMM).
 
-=======================  ========  =====  =======  ========================================
-run                      held out  ppl    lost     what happened
-=======================  ========  =====  =======  ========================================
-float32                  2.319     10.17  0        the reference
-bf16                     2.345     10.44  0        float32's range: nothing flushes; 8 bits
-                                                   cost 0.03 nats by step 300
-fp16 (no loss scaling)   2.356     10.55  4.4%     grows as predictions sharpen (0.3% at
-                                                   step 0); 14-19% of block1's query, key,
-                                                   value and of the head's gradients; none
-                                                   in the residual stream or the norms
-fp16 + loss scaling      2.343     10.41  0.06%    the same pure-FP16 casts; GradScaler's
-                                                   2**16 (grown to 2**18, no step skipped)
-                                                   lifts the gradients into range
-fp8 delayed scaling      2.360     10.59  0.03%    25% lost at step 0 (scale 1 while the
-                                                   amax history is empty), then scales of
-                                                   about 2**26 (gradients) and 2**6.6
-                                                   (inputs) keep them; a few values per
-                                                   million saturate
-fp8 naive                3.284     26.69  70%      E5M2's smallest subnormal is 2**-16:
-                                                   every matrix layer's gradient flushes
-                                                   (100% by step ~50); only the float32
-                                                   embeddings and norms still learn
-=======================  ========  =====  =======  ========================================
+Measured (``fpsim demo lm``, seed 0: two blocks, 200 steps of 16 x 64 characters;
+"loss" the mean training loss over the last 20 steps, the same batches for every run;
+"held out" the loss on held-out text, "ppl" its exp; "lost" the share of the *nonzero*
+activation-gradient values the backward pass flushed to zero, all layers pooled, mean
+over the last quarter of the steps; "-": not measured for recipe runs, whose
+quantization happens inside the GEMMs where the policy's statistics do not look; the
+character frequencies alone give 3.313 nats, ppl 27.5):
 
-So: pure FP16 without loss scaling loses 4% of its gradients, most in the attention
-projections of the top block, and ends 0.013 nats behind the same casts with loss
-scaling (a small cost with Adam, which rescales every weight's update, but one that
-grows as the predictions sharpen; both lose 0.02-0.03 nats to float32 by rounding
-everything, weights included, to FP16). FP8 without scales stalls at step ~20 near
-the loss of a context-free model (training loss 3.1-3.25 from step 50 on): the
-recipe fails for the reason E5M2's range gives, not for a bug. With ``--fast`` (one
-block, 80 steps) the same picture is weaker: fp16 without loss scaling loses 1.0%
-and matches float32's loss; fp8 naive loses 56% and ends at 2.785 against 2.625.
+=======================  =====  ========  =====  =======  ================================
+run                      loss   held out  ppl    lost     what happened
+=======================  =====  ========  =====  =======  ================================
+float32                  2.446  2.476     11.89  0        the reference
+bf16                     2.446  2.490     12.07  0        float32's range: nothing flushes
+fp16 (no loss scaling)   2.448  2.484     11.99  4.16%    lost grows as predictions
+                                                          sharpen; a small cost with Adam
+fp16 + loss scaling      2.448  2.482     11.96  0.01%    the same casts; 2**16 lifts the
+                                                          gradients into range
+fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  amax-history scales keep them; a
+                                                          few per 10 million saturate
+fp8 naive                3.181  3.271     26.33  70.65%   E5M2 flushes every matrix
+                                                          layer's gradient: stalls near
+                                                          the context-free loss
+fp8_current              2.449  2.506     12.26  -        as bf16 (within one seed's noise)
+fp8_blockwise            2.443  2.478     11.92  -        as bf16
+mxfp8                    2.451  2.490     12.06  -        as bf16
+nvfp4                    2.457  2.511     12.31  -        +0.011 over bf16: FP4 costs
+nvfp4_no_rht             2.459  2.504     12.23  -        as nvfp4 (+0.002)
+nvfp4_no_sr              2.457  2.498     12.15  -        as nvfp4
+nvfp4_1d_weights         2.455  2.492     12.09  -        as nvfp4 (-0.002)
+mxfp4_naive              2.467  2.518     12.40  -        +0.021: twice nvfp4's cost
+=======================  =====  ========  =====  =======  ================================
 
-Time: the default run used 464 s of CPU (7.7 minutes) and ``--fast`` 156 s, measured
-on a 2-core machine shared with other jobs (22 and 8.6 minutes of wall time there), so
-an idle 2-core laptop takes about as long as the CPU time. About 20 s of CPU per run
-is tracing and compiling its step (the simulated formats and the per-layer
-statistics); a step then takes 0.1-0.25 s (more with more recipes: plan the run
-list's length with that).
+So: the classic lesson holds at 200 steps (pure FP16 loses 4% of its gradients without
+loss scaling, 0.01% with it; FP8 without scales stalls at step ~20 near the loss of a
+context-free model: the recipe fails for the reason E5M2's range gives, not for a
+bug). The three 8-bit recipes train like bf16: their training losses lie within
+0.005 of it, and so does float32's; the held-out losses differ from bf16's by -0.012
+to +0.016 (one seed: the runs' trajectories part after the first rounding difference).
+Every FP4 run pays, up to 0.09 nats over the first 50 steps, falling to about 0.01 for
+NVFP4 and 0.02 for naive MXFP4 by step 200 (the loss figure's last panel). Measured on
+a 1024 x 128 Gaussian input whose features have log-normal scales: NVFP4's 16-element
+blocks with E4M3 scales quantize it with 0.089 relative RMS error, MXFP4's 32-element
+blocks with power-of-two scales with 0.151. With seed 1 the order
+is the same (training loss, nats: bf16 2.328, nvfp4 2.346). Turning one NVFP4
+ingredient off costs nothing measurable at this size (+-0.002 on the training loss),
+and the recipe predicts as much: each ingredient buys something a 200-step run of a
+2-block model does not need. Stochastic rounding makes the gradient unbiased at the
+price of *more* error per step (relative error of the input-gradient GEMM 0.176 with
+it, 0.146 without, on the same kind of data): it pays over long runs, where the bias
+of round-to-nearest accumulates. The
+Hadamard transform spreads outliers along the token axis over their block; this
+model develops none that matter in 200 steps. 16x16 weight tiles make the forward and
+input-gradient GEMMs see the same quantized weight (the chain rule holds for the
+quantized model) at the price of coarser blocks (0.111 relative error against 0.095
+for 1x16): consistency matters when errors compound over depth and time. With
+``--fast`` (one block, 80 steps, seven runs) the picture is weaker: fp16 without loss
+scaling loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), mxfp8, nvfp4 and
+mxfp4_naive end within 0.004 of bf16.
+
+Time: the default run used 845 s of CPU (14 minutes; 37.5 minutes of wall time on a
+2-core machine shared with other jobs, load average 9-11) and ``--fast`` 165 s (12
+minutes of wall time at load 8-10): both above the 10 and 2 minutes on an idle 2-core
+laptop that the demo aims for. Per run, tracing and compiling its three programs
+(initialisation, the step, the held-out forward pass) costs 10-20 s of CPU for a
+format and 20-40 s for a recipe (NVFP4's bit-exact two-level scaling makes the
+largest programs); a step then takes 0.08-0.2 s. ``--runs`` trains a subset
+(``--runs 'bf16,nvfp4*'``).
 
 Adding a run is one entry of :data:`RUNS` (a :class:`RunSpec`): a name, a policy
 preset of :mod:`fpsim.nn` (or a :class:`fpsim.nn.Policy`), whether to use dynamic loss
