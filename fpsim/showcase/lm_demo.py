@@ -83,8 +83,8 @@ Every FP4 run pays, up to 0.09 nats over the first 50 steps, falling to about 0.
 NVFP4 and 0.02 for naive MXFP4 by step 200 (the loss figure's last panel). Measured on
 a 1024 x 128 Gaussian input whose features have log-normal scales: NVFP4's 16-element
 blocks with E4M3 scales quantize it with 0.089 relative RMS error, MXFP4's 32-element
-blocks with power-of-two scales with 0.151. With seed 1 the order
-is the same (training loss, nats: bf16 2.328, nvfp4 2.346). Turning one NVFP4
+blocks with power-of-two scales with 0.151. With seed 1 the order is the same
+(training loss, nats: bf16 2.328, nvfp4 2.346, mxfp4_naive 2.375). Turning one NVFP4
 ingredient off costs nothing measurable at this size (+-0.002 on the training loss),
 and the recipe predicts as much: each ingredient buys something a 200-step run of a
 2-block model does not need. Stochastic rounding makes the gradient unbiased at the
