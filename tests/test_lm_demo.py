@@ -5,16 +5,14 @@ import math
 import numpy as np
 import pytest
 
+import fpsim.nn
 from fpsim.cli import build_parser, main
 from fpsim.showcase import lm_demo as demo
 
 TINY = demo.LMConfig(
     depth=1, width=32, heads=2, context=16, batch=32, steps=30, eval_windows=8
 )  # 512 predictions per step: each logit's gradient is (p - onehot) / 512
-RUNS = tuple(
-    r for r in demo.RUNS if r.name in ("float32", "fp16 (no loss scaling)",
-                                       "fp16 + loss scaling")
-)  # fmt: skip
+RUNS = demo.select_runs("float32,fp16*,bf16,mxfp4_naive")  # MXFP4: the cheapest recipe
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +60,58 @@ def test_loss_scaling_saves_the_gradients_fp16_flushes(results):
     assert max(v.mean() for v in pure.flushed.values()) > pure.grads_lost.mean()
 
 
+def test_recipe_run_quantizes_its_gemms(results):
+    bf16, naive = results["bf16"], results["mxfp4_naive"]
+    assert naive.recipe == "mxfp4_naive" and bf16.recipe is None
+    assert naive.finite.all()
+    # the same BF16 network with its GEMMs in MXFP4: the same start, a worse end
+    assert naive.loss[0] != bf16.loss[0]  # the forward GEMMs round already at step 0
+    assert demo.final_loss(naive) > demo.final_loss(bf16) + 0.005
+    # the policy's statistics do not see inside the GEMMs: not measured, not zero
+    assert np.isnan(naive.grads_lost).all() and not naive.flushed
+
+
+def test_every_recipe_fits_the_sizes():
+    from fpsim.nn._recipes import _lengths
+
+    for config in (demo.DEFAULT, demo.FAST):
+        w, tokens = config.width, config.batch * config.context
+        shapes = [(tokens, w, w), (tokens, w, 4 * w), (tokens, 4 * w, w)]
+        shapes += [(config.eval_windows * config.context, k, n) for _, k, n in shapes]
+        for spec in demo.RUNS:
+            if spec.recipe is not None:
+                recipe = fpsim.nn.get_recipe(spec.recipe)
+                assert spec.name == recipe.name  # the row is the recipe's name
+                for m, k, n in shapes:
+                    assert _lengths(recipe, m, k, n) == [], (spec.name, config, m, k, n)
+
+
+def test_select_runs():
+    names = [r.name for r in demo.select_runs("FLOAT32, nvfp4*")]
+    assert names == ["float32", "nvfp4", "nvfp4_no_rht", "nvfp4_no_sr", "nvfp4_1d_weights"]
+    assert demo.select_runs(("fp8*",)) == tuple(r for r in demo.RUNS if "fp8" in r.name[:3])
+    assert set(demo.FAST_RUNS) < set(demo.RUNS)
+    assert len({r.name for r in demo.RUNS}) == len(demo.RUNS)
+    with pytest.raises(ValueError, match="no run matches 'nvfp5'.*'mxfp4_naive'"):
+        demo.select_runs("float32,nvfp5")
+    with pytest.raises(ValueError, match="no run named"):
+        demo.select_runs(" , ")
+
+
 def test_table_and_figures(results, tmp_path):
     table = demo.summary_table(tuple(results.values()))
     for name in results:
         assert name in table
     assert "character frequencies alone" in table
+    row = next(line for line in table.splitlines() if line.startswith("mxfp4_naive"))
+    assert row.split()[5:7] == ["-", "-"]  # grads lost, saturated: not measured
     figs = demo.figures(tuple(results.values()))
     assert {"lm_training_curves.png", "lm_flushed_per_layer.png"} <= set(figs)
+    # the loss figure: the formats, then the 4-bit recipe against bf16
+    axes = figs["lm_training_curves.png"].axes
+    assert len(axes) == 2 and "against bf16" in axes[1].get_title()
+    (line,) = [ln for ln in axes[1].get_lines() if ln.get_gid() == "run:mxfp4_naive"]
+    assert line.get_ydata()[-1] > 0  # above bf16
     from fpsim.plot import save
 
     for name, fig in figs.items():
@@ -93,6 +136,15 @@ def test_cli_parses_demo_lm(monkeypatch):
     assert main(["demo", "lm", "--fast", "--seed", "2"]) == 0
     assert seen == {"steps": None, "seed": 2, "outdir": None, "fast": True}
     assert main(["demo", "transformer"]) == 2  # not a choice
+    assert main(["demo", "lm", "--runs", "bf16,nvfp4*"]) == 0
+    assert seen["runs"] == "bf16,nvfp4*"
+    assert main(["demo", "--runs", "bf16"]) == 2  # the MLP demo has no runs to pick
+
+
+def test_unknown_run_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "run_experiment", lambda *a, **k: 1 / 0)
+    assert demo.run(runs="float32,fp4", outdir=str(tmp_path)) == 2
+    assert "--runs: no run matches 'fp4'; valid runs: 'float32'" in capsys.readouterr().err
 
 
 def test_config_is_checked():

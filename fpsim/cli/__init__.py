@@ -8,6 +8,7 @@
     fpsim figures --outdir figures      # regenerate the figures
     fpsim demo --fast                   # train a small model in several formats
     fpsim demo lm --fast                # a small language model, one run per recipe
+    fpsim demo lm --runs 'bf16,nvfp4*'  # only some of its runs
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for bad input or output that
 cannot be written (one line on stderr, no traceback). ``explain`` and ``formats``
@@ -46,8 +47,11 @@ DEMO_HELP = {
     "from 0 to 2^32 - 1 (default 0)",
     "outdir": "directory for the demo's PNG figures; created if missing, checked "
     "before any training (default fpsim-demo; lm: fpsim-demo-lm)",
-    "fast": "a quick run: 150 steps unless --steps is given (lm: one block, 80 steps) "
-    "(default off)",
+    "fast": "a quick run: 150 steps unless --steps is given (lm: one block, 80 steps, "
+    "seven of the runs unless --runs is given) (default off)",
+    "runs": "lm only: the runs to train, comma-separated names or patterns matched "
+    "case-insensitively, e.g. 'float32,fp16*,nvfp4*' (default: all fourteen; an unknown "
+    "name lists the valid ones)",
 }
 
 
@@ -186,8 +190,12 @@ def _cmd_demo(args) -> int:
     else:
         from fpsim.showcase import mlp_demo as demo
 
+    kwargs = {"runs": args.runs} if args.runs is not None else {}
+    if args.runs is not None and args.which != "lm":
+        print("fpsim demo: error: --runs is for 'fpsim demo lm' only", file=sys.stderr)
+        return 2
     return int(demo.run(steps=args.steps, seed=args.seed, outdir=args.outdir,
-                        fast=args.fast) or 0)  # fmt: skip
+                        fast=args.fast, **kwargs) or 0)  # fmt: skip
 
 
 def _seed(text: str) -> int:
@@ -269,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         "digits five ways (float32, pure FP16, FP16 with loss scaling, BF16, FP8), print "
         "a table and write four figures. lm: train a small character-level transformer "
         "on Shakespeare once per training recipe (float32, BF16, FP16 with and without "
-        "loss scaling, FP8 with and without scaling), print a table and write figures.",
+        "loss scaling, FP8 with and without scaling; today's GEMM recipes FP8 current "
+        "and blockwise scaling, MXFP8, NVFP4 and NVFP4 with each ingredient off, naive "
+        "MXFP4), print a table and write figures.",
     )
     p.add_argument(
         "which", nargs="?", choices=("mlp", "lm"), default="mlp", help=DEMO_HELP["which"]
@@ -278,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help=DEMO_HELP["seed"])
     p.add_argument("--outdir", default=None, help=DEMO_HELP["outdir"])
     p.add_argument("--fast", action="store_true", help=DEMO_HELP["fast"])
+    p.add_argument("--runs", default=None, metavar="NAMES", help=DEMO_HELP["runs"])
     p.set_defaults(run=_cmd_demo)
     parser.subcommands = sub.choices  # for usage errors of one command
     return parser

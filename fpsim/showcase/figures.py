@@ -3,7 +3,9 @@
 ``fpsim figures --outdir DIR`` (or :func:`write_figures`) regenerates every PNG
 deterministically: fixed seeds, the Agg renderer, no timestamps in the files. The
 ``demo_*`` figures come from the flagship demo's default run (``fpsim demo``: five
-trainings of a small MLP on the digits data, about a minute or two on a laptop CPU).
+trainings of a small MLP on the digits data, about a minute or two on a laptop CPU),
+``lm_training_curves.png`` from the language-model demo's (``fpsim demo lm``, about
+ten minutes).
 
 To add a figure, write a function that returns a ``matplotlib.figure.Figure`` and add
 ``(file name, function)`` to :data:`FIGURES` (or call :func:`register_figure`).
@@ -105,6 +107,15 @@ def demo_gradient_histogram():
     return _demo_figure("demo_gradient_histogram.png")
 
 
+def lm_training_curves():
+    """The language-model demo's loss figure (``fpsim demo lm``, its default run, seed
+    0: fourteen trainings of a small transformer, about ten minutes of CPU)."""
+    from fpsim.showcase import lm_demo
+
+    results = lm_demo.run_experiment(lm_demo.DEFAULT, 0, lm_demo.RUNS, quiet=True)
+    return lm_demo.loss_figure(results)
+
+
 #: (file name, function returning a Figure): everything ``fpsim figures`` writes.
 #: The demo's figures join this list (see :func:`register_figure`).
 FIGURES: list[tuple[str, Callable]] = [
@@ -116,6 +127,7 @@ FIGURES: list[tuple[str, Callable]] = [
     ("demo_loss_scale.png", demo_loss_scale),
     ("demo_underflow_per_layer.png", demo_underflow_per_layer),
     ("demo_gradient_histogram.png", demo_gradient_histogram),
+    ("lm_training_curves.png", lm_training_curves),
 ]
 
 

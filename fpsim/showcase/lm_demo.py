@@ -29,51 +29,85 @@ through the softmax's Jacobian and are smaller still; the residual stream's (the
 gradients of ``attn/out`` and ``mlp_out``) are not. FP8's E5M2 (smallest subnormal
 ``2**-16`` = 1.5e-5) loses far more without a scale.
 
-Measured (``fpsim demo lm``, seed 0: two blocks, 300 steps of 16 x 64 characters;
-"lost" is the share of the *nonzero* activation-gradient values that the backward pass
-flushed to zero, all layers pooled, mean over the last quarter of the steps; "ppl" the
-held-out perplexity; the character frequencies alone give 3.313 nats, ppl 27.5):
+Today's recipes (the last eight runs) quantize inside the three GEMMs of every
+``Dense``/``DenseGeneral`` but the head (forward, input gradient, weight gradient; each
+operand along the axis that GEMM contracts: :func:`fpsim.nn.with_recipe`). Around the
+GEMMs the network is the bf16 run's (policy ``bf16_mixed``: BF16 layer inputs, outputs
+and activation gradients, float32 master weights, norms and embeddings in float32), as
+Transformer Engine runs its recipes inside BF16 autocast, so each recipe row reads
+against bf16. The head stays out (62 outputs, a multiple of no block; the recipes keep
+the last layers in higher precision too). The sizes fit every recipe's blocks: width
+128 (DeepSeek-V3's 128x128 weight tiles), MLP 512, ``batch * context = 1024`` tokens
+per step and 4096 held out (1x128 and 1x16 blocks along the tokens of the
+weight-gradient GEMM).
 
-=======================  ========  =====  =======  ========================================
-run                      held out  ppl    lost     what happened
-=======================  ========  =====  =======  ========================================
-float32                  2.319     10.17  0        the reference
-bf16                     2.345     10.44  0        float32's range: nothing flushes; 8 bits
-                                                   cost 0.03 nats by step 300
-fp16 (no loss scaling)   2.356     10.55  4.4%     grows as predictions sharpen (0.3% at
-                                                   step 0); 14-19% of block1's query, key,
-                                                   value and of the head's gradients; none
-                                                   in the residual stream or the norms
-fp16 + loss scaling      2.343     10.41  0.06%    the same pure-FP16 casts; GradScaler's
-                                                   2**16 (grown to 2**18, no step skipped)
-                                                   lifts the gradients into range
-fp8 delayed scaling      2.360     10.59  0.03%    25% lost at step 0 (scale 1 while the
-                                                   amax history is empty), then scales of
-                                                   about 2**26 (gradients) and 2**6.6
-                                                   (inputs) keep them; a few values per
-                                                   million saturate
-fp8 naive                3.284     26.69  70%      E5M2's smallest subnormal is 2**-16:
-                                                   every matrix layer's gradient flushes
-                                                   (100% by step ~50); only the float32
-                                                   embeddings and norms still learn
-=======================  ========  =====  =======  ========================================
+Measured (``fpsim demo lm``, seed 0: two blocks, 200 steps of 16 x 64 characters;
+"loss" the mean training loss over the last 20 steps, the same batches for every run;
+"held out" the loss on held-out text, "ppl" its exp; "lost" the share of the *nonzero*
+activation-gradient values the backward pass flushed to zero, all layers pooled, mean
+over the last quarter of the steps; "-": not measured for recipe runs, whose
+quantization happens inside the GEMMs where the policy's statistics do not look; the
+character frequencies alone give 3.313 nats, ppl 27.5):
 
-So: pure FP16 without loss scaling loses 4% of its gradients, most in the attention
-projections of the top block, and ends 0.013 nats behind the same casts with loss
-scaling (a small cost with Adam, which rescales every weight's update, but one that
-grows as the predictions sharpen; both lose 0.02-0.03 nats to float32 by rounding
-everything, weights included, to FP16). FP8 without scales stalls at step ~20 near
-the loss of a context-free model (training loss 3.1-3.25 from step 50 on): the
-recipe fails for the reason E5M2's range gives, not for a bug. With ``--fast`` (one
-block, 80 steps) the same picture is weaker: fp16 without loss scaling loses 1.0%
-and matches float32's loss; fp8 naive loses 56% and ends at 2.785 against 2.625.
+=======================  =====  ========  =====  =======  ================================
+run                      loss   held out  ppl    lost     what happened
+=======================  =====  ========  =====  =======  ================================
+float32                  2.446  2.476     11.89  0        the reference
+bf16                     2.446  2.490     12.07  0        float32's range: nothing flushes
+fp16 (no loss scaling)   2.448  2.484     11.99  4.16%    lost grows as predictions
+                                                          sharpen; a small cost with Adam
+fp16 + loss scaling      2.448  2.482     11.96  0.01%    the same casts; 2**16 lifts the
+                                                          gradients into range
+fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  amax-history scales keep them; a
+                                                          few per 10 million saturate
+fp8 naive                3.181  3.271     26.33  70.65%   E5M2 flushes every matrix
+                                                          layer's gradient: stalls near
+                                                          the context-free loss
+fp8_current              2.449  2.506     12.26  -        as bf16 (within one seed's noise)
+fp8_blockwise            2.443  2.478     11.92  -        as bf16
+mxfp8                    2.451  2.490     12.06  -        as bf16
+nvfp4                    2.457  2.511     12.31  -        +0.011 over bf16: FP4 costs
+nvfp4_no_rht             2.459  2.504     12.23  -        as nvfp4 (+0.002)
+nvfp4_no_sr              2.457  2.498     12.15  -        as nvfp4
+nvfp4_1d_weights         2.455  2.492     12.09  -        as nvfp4 (-0.002)
+mxfp4_naive              2.467  2.518     12.40  -        +0.021: twice nvfp4's cost
+=======================  =====  ========  =====  =======  ================================
 
-Time: the default run used 464 s of CPU (7.7 minutes) and ``--fast`` 156 s, measured
-on a 2-core machine shared with other jobs (22 and 8.6 minutes of wall time there), so
-an idle 2-core laptop takes about as long as the CPU time. About 20 s of CPU per run
-is tracing and compiling its step (the simulated formats and the per-layer
-statistics); a step then takes 0.1-0.25 s (more with more recipes: plan the run
-list's length with that).
+So: the classic lesson holds at 200 steps (pure FP16 loses 4% of its gradients without
+loss scaling, 0.01% with it; FP8 without scales stalls at step ~20 near the loss of a
+context-free model: the recipe fails for the reason E5M2's range gives, not for a
+bug). The three 8-bit recipes train like bf16: their training losses lie within
+0.005 of it, and so does float32's; the held-out losses differ from bf16's by -0.012
+to +0.016 (one seed: the runs' trajectories part after the first rounding difference).
+Every FP4 run pays, up to 0.09 nats over the first 50 steps, falling to about 0.01 for
+NVFP4 and 0.02 for naive MXFP4 by step 200 (the loss figure's last panel). Measured on
+a 1024 x 128 Gaussian input whose features have log-normal scales: NVFP4's 16-element
+blocks with E4M3 scales quantize it with 0.089 relative RMS error, MXFP4's 32-element
+blocks with power-of-two scales with 0.151. With seed 1 the order is the same
+(training loss, nats: bf16 2.328, nvfp4 2.346, mxfp4_naive 2.375). Turning one NVFP4
+ingredient off costs nothing measurable at this size (+-0.002 on the training loss),
+and the recipe predicts as much: each ingredient buys something a 200-step run of a
+2-block model does not need. Stochastic rounding makes the gradient unbiased at the
+price of *more* error per step (relative error of the input-gradient GEMM 0.176 with
+it, 0.146 without, on the same kind of data): it pays over long runs, where the bias
+of round-to-nearest accumulates. The
+Hadamard transform spreads outliers along the token axis over their block; this
+model develops none that matter in 200 steps. 16x16 weight tiles make the forward and
+input-gradient GEMMs see the same quantized weight (the chain rule holds for the
+quantized model) at the price of coarser blocks (0.111 relative error against 0.095
+for 1x16): consistency matters when errors compound over depth and time. With
+``--fast`` (one block, 80 steps, seven runs) the picture is weaker: fp16 without loss
+scaling loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), mxfp8, nvfp4 and
+mxfp4_naive end within 0.004 of bf16.
+
+Time: the default run used 845 s of CPU (14 minutes; 37.5 minutes of wall time on a
+2-core machine shared with other jobs, load average 9-11) and ``--fast`` 165 s (12
+minutes of wall time at load 8-10): both above the 10 and 2 minutes on an idle 2-core
+laptop that the demo aims for. Per run, tracing and compiling its three programs
+(initialisation, the step, the held-out forward pass) costs 10-20 s of CPU for a
+format and 20-40 s for a recipe (NVFP4's bit-exact two-level scaling makes the
+largest programs); a step then takes 0.08-0.2 s. ``--runs`` trains a subset
+(``--runs 'bf16,nvfp4*'``).
 
 Adding a run is one entry of :data:`RUNS` (a :class:`RunSpec`): a name, a policy
 preset of :mod:`fpsim.nn` (or a :class:`fpsim.nn.Policy`), whether to use dynamic loss
@@ -83,6 +117,7 @@ scaling, and the one line that says what it shows.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import math
 import sys
@@ -108,12 +143,17 @@ class RunSpec(NamedTuple):
       loss_scaling: wrap Adam in :func:`fpsim.optim.dynamic_loss_scaling` (PyTorch
         GradScaler's rules, growth every ``LOSS_SCALE_GROWTH`` good steps).
       lesson: what the run shows, in one line.
+      recipe: a GEMM-level training recipe (:data:`fpsim.nn.RECIPES` name or a
+        :class:`fpsim.nn.Recipe`): every ``Dense``/``DenseGeneral`` but the head
+        quantizes the operands of its three GEMMs as the recipe says
+        (:func:`fpsim.nn.with_recipe`), on top of ``policy``; None for none.
     """
 
     name: str
     policy: Any
     loss_scaling: bool = False
     lesson: str = ""
+    recipe: Any = None
 
 
 #: The runs, in table order. Add a recipe by adding an entry.
@@ -141,9 +181,62 @@ RUNS: tuple[RunSpec, ...] = (
         "fp8_naive",
         lesson="the same casts without scales: E5M2 flushes the gradients",
     ),
+    # today's recipes: each GEMM quantizes its two operands (fpsim.nn.RECIPES); around
+    # the GEMMs the network runs in BF16 (bf16_mixed), as Transformer Engine's do
+    RunSpec(
+        "fp8_current",
+        "bf16_mixed",
+        recipe="fp8_current",
+        lesson="E4M3/E5M2, one scale per tensor from its amax now",
+    ),
+    RunSpec(
+        "fp8_blockwise",
+        "bf16_mixed",
+        recipe="fp8_blockwise",
+        lesson="E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)",
+    ),
+    RunSpec(
+        "mxfp8",
+        "bf16_mixed",
+        recipe="mxfp8",
+        lesson="E4M3 in blocks of 32 with power-of-two scales (OCP MX)",
+    ),
+    RunSpec(
+        "nvfp4",
+        "bf16_mixed",
+        recipe="nvfp4",
+        lesson="E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard",
+    ),
+    RunSpec(
+        "nvfp4_no_rht",
+        "bf16_mixed",
+        recipe="nvfp4_no_rht",
+        lesson="NVFP4 without the random Hadamard transform of the wgrad GEMM",
+    ),
+    RunSpec(
+        "nvfp4_no_sr",
+        "bf16_mixed",
+        recipe="nvfp4_no_sr",
+        lesson="NVFP4 with gradients rounded to nearest: a biased gradient",
+    ),
+    RunSpec(
+        "nvfp4_1d_weights",
+        "bf16_mixed",
+        recipe="nvfp4_1d_weights",
+        lesson="NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
+    ),
+    RunSpec(
+        "mxfp4_naive",
+        "bf16_mixed",
+        recipe="mxfp4_naive",
+        lesson="E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care",
+    ),
 )
 
 LOSS_SCALE_GROWTH = 100
+#: Layers a recipe leaves alone: the head (62 outputs, not a multiple of any block; the
+#: recipes keep the last layer in higher precision too).
+RECIPE_SKIP = ("head",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +259,7 @@ class LMConfig:
     heads: int = 4
     context: int = 64
     batch: int = 16
-    steps: int = 300
+    steps: int = 200
     learning_rate: float = 3e-3
     eval_windows: int = 64
 
@@ -184,6 +277,38 @@ class LMConfig:
 #: ``fpsim demo lm``; ``--fast`` (one block instead of two, fewer steps).
 DEFAULT = LMConfig()
 FAST = dataclasses.replace(DEFAULT, depth=1, steps=80)
+
+
+#: What ``--fast`` runs unless ``--runs`` says otherwise: the classic formats' lesson
+#: in four runs and the recipes' in three.
+FAST_RUNS_NAMES = ("float32", "bf16", "fp16 (no loss scaling)", "fp8 naive", "mxfp8",
+                   "nvfp4", "mxfp4_naive")  # fmt: skip
+
+
+def select_runs(patterns: str | tuple[str, ...], runs: tuple[RunSpec, ...] = RUNS):
+    """The runs whose names match ``patterns``, in table order.
+
+    ``patterns`` is a comma-separated string (``"float32,fp16*,nvfp4*"``) or a tuple
+    of fnmatch patterns, matched case-insensitively against :attr:`RunSpec.name`.
+    A pattern that matches no run raises ``ValueError`` naming the valid names.
+    """
+    if isinstance(patterns, str):
+        patterns = tuple(p.strip() for p in patterns.split(","))
+    patterns = tuple(p for p in patterns if p)
+    names = ", ".join(repr(r.name) for r in runs)
+    if not patterns:
+        raise ValueError(f"no run named; valid runs: {names}")
+
+    def match(r: RunSpec, p: str) -> bool:
+        return fnmatch.fnmatchcase(r.name.lower(), p.lower())
+
+    for p in patterns:
+        if not any(match(r, p) for r in runs):
+            raise ValueError(f"no run matches {p!r}; valid runs: {names}")
+    return tuple(r for r in runs if any(match(r, p) for p in patterns))
+
+
+FAST_RUNS: tuple[RunSpec, ...] = select_runs(FAST_RUNS_NAMES)
 
 
 # --------------------------------------------------------------------------------------
@@ -324,6 +449,7 @@ class RunResult(NamedTuple):
     held_out_loss: float
     seconds: float
     compile_seconds: float
+    recipe: str | None = None  # the GEMM recipe's name, None for a policy-only run
 
 
 def _overflow_and_nonzero(st):
@@ -383,6 +509,8 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
 
     data = corpus()
     model = make_model(data.vocab, config)
+    if spec.recipe is not None:
+        model = fpsim.nn.with_recipe(model, spec.recipe, skip=RECIPE_SKIP, seed=seed)
     optimizer, loss_scale = _optimizer(spec, config)
     ts = fpsim.nn.make_train_step(model, spec.policy, optimizer, loss_scale=loss_scale)
     step = jax.jit(lambda s, b: (lambda s2, m: (s2, step_summary(m)))(*ts.step(s, b)))
@@ -416,19 +544,27 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         names = layer_order(rows[0][key])
         return {k: np.asarray([r[key][k] for r in rows], np.float64) for k in names}
 
+    if spec.recipe is None:
+        lost, saturated_all = series("grad_underflow"), series("saturated_all")
+        flushed, saturated = per_layer("flushed"), per_layer("saturated")
+        scales = {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)}
+    else:  # the policy's statistics do not see the quantization inside the GEMMs
+        lost = saturated_all = np.full(config.steps, np.nan)
+        flushed, saturated, scales = {}, {}, {}
     return RunResult(
         spec.name,
         series("loss"),
         series("loss_scale"),
         np.asarray([bool(r["finite"]) for r in rows]),
-        series("grad_underflow"),
-        series("saturated_all"),
-        per_layer("flushed"),
-        per_layer("saturated"),
-        {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)},
+        lost,
+        saturated_all,
+        flushed,
+        saturated,
+        scales,
         held_out,
         seconds,
         compile_seconds,
+        None if spec.recipe is None else fpsim.nn.get_recipe(spec.recipe).name,
     )
 
 
@@ -495,9 +631,12 @@ def final_loss(r: RunResult) -> float:
     return float(np.mean(_tail(r.loss, 10)))
 
 
-def _share(x: float) -> str:
-    """A share for the table: a percentage, or scientific notation when tiny."""
-    return "0" if x == 0 else f"{x:.2%}" if x >= 1e-4 else f"{x:.1e}"
+def _share(x: float, digits: int = 2) -> str:
+    """A share for the table: a percentage, scientific notation when tiny, ``-`` when
+    not measured (NaN)."""
+    if math.isnan(x):
+        return "-"
+    return "0" if x == 0 else f"{x:.{digits}%}" if x >= 1e-4 else f"{x:.1e}"
 
 
 def summary_table(results, entropy: float | None = None) -> str:
@@ -515,7 +654,7 @@ def summary_table(results, entropy: float | None = None) -> str:
         ratio = ppl / ref_ppl if math.isfinite(ppl) else math.inf
         lines.append(
             f"{r.name:24} {final_loss(r):6.3f} {r.held_out_loss:8.3f} {ppl:6.2f} "
-            f"{ratio:6.2f}x {np.mean(_tail(r.grads_lost, 4)):10.2%} "
+            f"{ratio:6.2f}x {_share(np.mean(_tail(r.grads_lost, 4)), 2):>10} "
             f"{_share(np.mean(_tail(r.saturated_all, 4))):>9} {int((~r.finite).sum()):7d} "
             f"{r.seconds:5.1f}s"
         )
@@ -579,32 +718,74 @@ def _heatmaps(results, field: str, label: str, title: str, empty: str):
     return fig
 
 
-def figures(results) -> dict[str, Any]:
-    """The demo's figures, by file name."""
+def recipe_family(r: RunResult) -> str:
+    """The loss figure's panel of a run: ``"formats"`` (a policy only), or the element
+    width of its recipe's operands (``"8-bit recipes"``, ``"4-bit recipes"``)."""
+    if r.recipe is None:
+        return "formats"
+    import fpsim.nn
+
+    element = fpsim.nn.get_recipe(r.recipe).activation.element
+    bits = getattr(element, "bits", 8)  # MXINT8's elements are "int8"
+    return f"{bits}-bit recipes"
+
+
+def _reference(results, names=("bf16", "float32")):
+    """The recipe panels' baseline: the BF16 run (the recipes run in BF16 around their
+    GEMMs), else float32, else None."""
+    by_name = {r.name: r for r in results}
+    return next((by_name[n] for n in names if n in by_name), None)
+
+
+def loss_figure(results):
+    """Training loss of every run: one panel of whole-network formats (loss curves),
+    one per family of GEMM recipes (loss minus the reference run's, same batches)."""
     import fpsim.plot
     from fpsim.plot import new_figure
     from fpsim.showcase.mlp_demo import running_mean
 
-    out = {}
-    entropy = unigram_entropy(corpus().train)
-    fig, (ax,) = new_figure((8, 4.8))
     window = max(len(results[0].loss) // 20, 1)
-    fpsim.plot.training_curves(
-        {r.name: running_mean(r.loss, window) for r in results},
-        ax=ax,
-        ylabel=f"training loss, nats/char (mean of {window} steps)",
-        title="A character-level transformer on Shakespeare, one run per recipe",
-    )
-    ax.axhline(entropy, color="0.4", linewidth=1, linestyle=":")
-    ax.annotate(
-        f"character frequencies alone: {entropy:.2f}",
-        (0, entropy),
-        xytext=(4, 4),
-        textcoords="offset points",
-        fontsize=8,
-        color="0.3",
-    )
-    out["lm_training_curves.png"] = fig
+    panels: dict[str, list] = {}
+    for r in results:
+        panels.setdefault(recipe_family(r), []).append(r)
+    ref = _reference(results)
+    fig, axes = new_figure((8, 4.2 * len(panels)), rows=len(panels))
+    entropy = unigram_entropy(corpus().train)
+    for ax, (family, runs) in zip(axes, panels.items(), strict=True):
+        if family == "formats" or ref is None:
+            fpsim.plot.training_curves(
+                {r.name: running_mean(r.loss, window) for r in runs},
+                ax=ax,
+                ylabel=f"training loss, nats/char\n(mean of {window} steps)",
+                title="A character-level transformer on Shakespeare, one run per format"
+                if family == "formats"
+                else f"{family}: training loss",
+            )
+            ax.axhline(entropy, color="0.4", linewidth=1, linestyle=":")
+            ax.annotate(
+                f"character frequencies alone: {entropy:.2f}", (0, entropy),
+                xytext=(4, 4), textcoords="offset points", fontsize=8, color="0.3",
+            )  # fmt: skip
+            continue
+        fpsim.plot.training_curves(
+            {r.name: running_mean(r.loss - ref.loss, window) for r in runs},
+            ax=ax,
+            ylabel=f"loss minus {ref.name}'s, nats/char\n(mean of {window} steps)",
+            title=f"{family} (every Dense but the head), against {ref.name}: "
+            "same batches, same start",
+        )
+        ax.axhline(0, color="0.4", linewidth=1, linestyle=":")
+    for ax in axes:
+        ax.legend(fontsize=8, ncols=2)
+    return fig
+
+
+def figures(results) -> dict[str, Any]:
+    """The demo's figures, by file name."""
+    import fpsim.plot
+    from fpsim.plot import new_figure
+
+    out = {"lm_training_curves.png": loss_figure(results)}
     out["lm_flushed_per_layer.png"] = _heatmaps(
         results,
         "flushed",
@@ -651,11 +832,14 @@ def run(
     outdir: str | None = None,
     fast: bool = False,
     config: LMConfig | None = None,
-    runs: tuple[RunSpec, ...] = RUNS,
+    runs: tuple[RunSpec, ...] | str | None = None,
 ) -> int:
     """Entry point of ``fpsim demo lm``: train, print the table, write the figures.
 
-    The output directory is checked before any training.
+    ``runs``: :class:`RunSpec` values, or names and fnmatch patterns for
+    :func:`select_runs` (``"float32,nvfp4*"``); None: :data:`RUNS`, or
+    :data:`FAST_RUNS` with ``fast``. Runs and output directory are checked before
+    any training.
     """
     from fpsim.plot import save
     from fpsim.showcase.mlp_demo import check_outdir
@@ -666,6 +850,14 @@ def run(
             print("fpsim demo: error: --steps must be at least 1", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, steps=steps)
+    if runs is None:
+        runs = FAST_RUNS if fast else RUNS
+    elif isinstance(runs, str):
+        try:
+            runs = select_runs(runs)
+        except ValueError as e:
+            print(f"fpsim demo: error: --runs: {e}", file=sys.stderr)
+            return 2
     out = Path(outdir or "fpsim-demo-lm")
     problem = check_outdir(out)
     if problem:
