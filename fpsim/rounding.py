@@ -283,7 +283,15 @@ def native_dtype(
 def _round_native(x, fmt: Format, narrow: jnp.dtype, quiet_nans: bool = False):
     """Round to nearest by XLA's conversion; NaN inputs get fpsim's NaN bits (a guard
     for signalling NaNs, unless ``quiet_nans`` promises there are none)."""
-    y = x.astype(narrow).astype(x.dtype)
+    if narrow == jnp.bfloat16:
+        # widen by moving the bits, not by a second conversion: under jit XLA's CPU
+        # pipeline (SimplifyFPConversions, with xla_allow_excess_precision on by
+        # default) deletes an f32 -> bf16 -> f32 conversion pair, and a reduction fed
+        # by it (``max(quantize(x))``) would then see the unrounded x
+        b = lax.bitcast_convert_type(x.astype(narrow), jnp.uint16).astype(jnp.uint32)
+        y = lax.bitcast_convert_type(b << 16, jnp.float32)
+    else:
+        y = x.astype(narrow).astype(x.dtype)
     if quiet_nans or fmt.dtype_name not in QUIETS_SIGNALLING_NAN:
         return y
     c = _bits.carrier_of(x.dtype)

@@ -116,3 +116,18 @@ def test_quantize_result_is_quantize_for_computed_values(name):
         f32_bits(quantize_result(total, fmt)), f32_bits(fpsim.quantize(total, fmt))
     )
     assert (f32_bits(fpsim.quantize(snan, "fp16")) & 0x00400000 == 0).all()  # kept
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_rounding_survives_xla_conversion_simplification(fmt):
+    """Under jit, XLA's CPU pipeline deletes an f32 -> bf16 -> f32 conversion pair
+    (SimplifyFPConversions, allowed by xla_allow_excess_precision, on by default), so
+    a reduction fed by ``quantize`` saw the unrounded values: ``max(quantize(x))``
+    differed in every row (lesson 14's BF16 softmax errors shrank by 10x). The bits
+    of the rounded values must reach the reduction."""
+    x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32) * 300
+    want = ml_round(x, fpsim.get_format(fmt))
+    got_max = jax.jit(lambda a: jnp.max(fpsim.quantize(a, fmt), axis=-1))(x)
+    np.testing.assert_array_equal(np.asarray(got_max), want.max(axis=-1))
+    got_min = jax.jit(lambda a: jnp.min(fpsim.quantize(a * 1.0, fmt), axis=0))(x)
+    np.testing.assert_array_equal(np.asarray(got_min), want.min(axis=0))
