@@ -139,14 +139,17 @@ class RunSpec(NamedTuple):
 
     Attributes:
       name: the row label of the table and the figures.
-      policy: a :mod:`fpsim.nn` preset name or a :class:`fpsim.nn.Policy`.
+      policy: a :mod:`fpsim.nn` preset name, a :class:`fpsim.nn.Policy`, or a function
+        of no arguments that builds one when training starts (so that :data:`RUNS`
+        stays importable without Flax).
       loss_scaling: wrap Adam in :func:`fpsim.optim.dynamic_loss_scaling` (PyTorch
         GradScaler's rules, growth every ``LOSS_SCALE_GROWTH`` good steps).
       lesson: what the run shows, in one line.
-      recipe: a GEMM-level training recipe (:data:`fpsim.nn.RECIPES` name or a
-        :class:`fpsim.nn.Recipe`): every ``Dense``/``DenseGeneral`` but the head
-        quantizes the operands of its three GEMMs as the recipe says
-        (:func:`fpsim.nn.with_recipe`), on top of ``policy``; None for none.
+      recipe: a GEMM-level training recipe (a :data:`fpsim.nn.RECIPES` name), or None.
+        The run's policy is then ``policy`` with ``recipe`` set and the layers of
+        :data:`RECIPE_SKIP` overridden back to ``policy`` (:func:`run_policy`): every
+        ``Dense``/``DenseGeneral`` but the head quantizes the operands of its three
+        GEMMs as the recipe says, and the step records what that quantization lost.
     """
 
     name: str
@@ -154,6 +157,21 @@ class RunSpec(NamedTuple):
     loss_scaling: bool = False
     lesson: str = ""
     recipe: Any = None
+
+
+def zhao_policy():
+    """``fp16_pure`` with Zhao et al.'s layer-wise adaptive loss scaling (built when
+    training starts: :data:`RUNS` holds no Flax objects)."""
+    import fpsim.nn
+
+    return fpsim.nn.get_policy("fp16_pure").replace(
+        name="fp16_adaptive_zhao", adaptive=fpsim.nn.AdaptiveLossScaling(rule="zhao")
+    )
+
+
+def _recipe_run(name: str, lesson: str) -> RunSpec:
+    # around the GEMMs the network runs in BF16 (bf16_mixed), as Transformer Engine's
+    return RunSpec(name, "bf16_mixed", recipe=name, lesson=lesson)
 
 
 #: The runs, in table order. Add a recipe by adding an entry.
@@ -172,6 +190,11 @@ RUNS: tuple[RunSpec, ...] = (
         lesson="the same casts; the loss times 2^k lifts the gradients into range",
     ),
     RunSpec(
+        "fp16 adaptive (zhao)",
+        zhao_policy,
+        lesson="per-layer scales from gradient and weight statistics (Zhao et al. 2019)",
+    ),
+    RunSpec(
         "fp8 delayed scaling",
         "fp8_hybrid",
         lesson="E4M3/E5M2 with per-tensor scales from an amax history (TE, 2022)",
@@ -181,57 +204,35 @@ RUNS: tuple[RunSpec, ...] = (
         "fp8_naive",
         lesson="the same casts without scales: E5M2 flushes the gradients",
     ),
-    # today's recipes: each GEMM quantizes its two operands (fpsim.nn.RECIPES); around
-    # the GEMMs the network runs in BF16 (bf16_mixed), as Transformer Engine's do
-    RunSpec(
-        "fp8_current",
-        "bf16_mixed",
-        recipe="fp8_current",
-        lesson="E4M3/E5M2, one scale per tensor from its amax now",
+    # today's recipes: each GEMM quantizes its two operands (fpsim.nn.RECIPES)
+    _recipe_run("fp8_current", "E4M3/E5M2, one scale per tensor from its amax now"),
+    _recipe_run(
+        "fp8_blockwise", "E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)"
     ),
-    RunSpec(
-        "fp8_blockwise",
-        "bf16_mixed",
-        recipe="fp8_blockwise",
-        lesson="E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)",
+    _recipe_run("mxfp8", "E4M3 in blocks of 32 with power-of-two scales (OCP MX)"),
+    _recipe_run(
+        "nvfp4", "E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard"
     ),
-    RunSpec(
-        "mxfp8",
-        "bf16_mixed",
-        recipe="mxfp8",
-        lesson="E4M3 in blocks of 32 with power-of-two scales (OCP MX)",
-    ),
-    RunSpec(
-        "nvfp4",
-        "bf16_mixed",
-        recipe="nvfp4",
-        lesson="E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard",
-    ),
-    RunSpec(
-        "nvfp4_no_rht",
-        "bf16_mixed",
-        recipe="nvfp4_no_rht",
-        lesson="NVFP4 without the random Hadamard transform of the wgrad GEMM",
-    ),
-    RunSpec(
-        "nvfp4_no_sr",
-        "bf16_mixed",
-        recipe="nvfp4_no_sr",
-        lesson="NVFP4 with gradients rounded to nearest: a biased gradient",
-    ),
-    RunSpec(
-        "nvfp4_1d_weights",
-        "bf16_mixed",
-        recipe="nvfp4_1d_weights",
-        lesson="NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
-    ),
-    RunSpec(
-        "mxfp4_naive",
-        "bf16_mixed",
-        recipe="mxfp4_naive",
-        lesson="E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care",
+    _recipe_run(
+        "mxfp4_naive", "E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care"
     ),
 )
+
+#: NVFP4 with one ingredient off: not in the default list (each costs a run as long
+#: as nvfp4's, and at this size none differs measurably from it); ``--runs 'nvfp4*'``.
+ABLATIONS: tuple[RunSpec, ...] = (
+    _recipe_run(
+        "nvfp4_no_rht", "NVFP4 without the random Hadamard transform of the wgrad GEMM"
+    ),
+    _recipe_run("nvfp4_no_sr", "NVFP4 with gradients rounded to nearest: a biased gradient"),
+    _recipe_run(
+        "nvfp4_1d_weights",
+        "NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
+    ),
+)
+
+#: Every run ``--runs`` can name.
+ALL_RUNS: tuple[RunSpec, ...] = RUNS + ABLATIONS
 
 LOSS_SCALE_GROWTH = 100
 #: Layers a recipe leaves alone: the head (62 outputs, not a multiple of any block; the
@@ -280,12 +281,12 @@ FAST = dataclasses.replace(DEFAULT, depth=1, steps=80)
 
 
 #: What ``--fast`` runs unless ``--runs`` says otherwise: the classic formats' lesson
-#: in four runs and the recipes' in three.
-FAST_RUNS_NAMES = ("float32", "bf16", "fp16 (no loss scaling)", "fp8 naive", "mxfp8",
-                   "nvfp4", "mxfp4_naive")  # fmt: skip
+#: in three runs and the 4-bit recipes' in two.
+FAST_RUNS_NAMES = ("float32", "fp16 (no loss scaling)", "fp8 naive", "nvfp4",
+                   "mxfp4_naive")  # fmt: skip
 
 
-def select_runs(patterns: str | tuple[str, ...], runs: tuple[RunSpec, ...] = RUNS):
+def select_runs(patterns: str | tuple[str, ...], runs: tuple[RunSpec, ...] = ALL_RUNS):
     """The runs whose names match ``patterns``, in table order.
 
     ``patterns`` is a comma-separated string (``"float32,fp16*,nvfp4*"``) or a tuple
@@ -432,17 +433,21 @@ def layer_order(names) -> list[str]:
 class RunResult(NamedTuple):
     """One training run, recorded step by step (numpy arrays over steps).
 
-    ``flushed`` and ``saturated`` are per layer (``{layer: float[steps]}``);
-    ``scale_log2`` holds the log2 of each delayed per-tensor scale
-    (``{"<layer> grad" | "<layer> input": float[steps]}``, empty for unscaled runs).
+    ``flushed`` and ``saturated`` are per layer (``{layer: float[steps]}``): for a
+    format run from the element casts' statistics, for a recipe run from its GEMMs'
+    quantization (see :func:`step_summary`). ``scale_log2`` holds the log2 of each
+    delayed or adaptive per-tensor scale (``{"<layer> grad" | "<layer> input":
+    float[steps]}``, empty for unscaled runs); ``block_scales`` a recipe's histogram of
+    scale exponents, all layers and steps (``{"activations" | "weights" | "gradients":
+    int64[255]}`` over :data:`fpsim.blocks.EXPONENTS`, empty for a format run).
     """
 
     name: str
     loss: np.ndarray
     loss_scale: np.ndarray
     finite: np.ndarray
-    grads_lost: np.ndarray  # fraction of nonzero activation-gradient values flushed
-    saturated_all: np.ndarray  # fraction of nonzero inputs and gradients that overflowed
+    grads_lost: np.ndarray  # fraction of nonzero gradient values flushed (see table)
+    saturated_all: np.ndarray  # fraction of nonzero values that overflowed / clipped
     flushed: dict[str, np.ndarray]
     saturated: dict[str, np.ndarray]
     scale_log2: dict[str, np.ndarray]
@@ -450,6 +455,7 @@ class RunResult(NamedTuple):
     seconds: float
     compile_seconds: float
     recipe: str | None = None  # the GEMM recipe's name, None for a policy-only run
+    block_scales: dict[str, np.ndarray] = {}
 
 
 def _overflow_and_nonzero(st):
@@ -457,14 +463,68 @@ def _overflow_and_nonzero(st):
     return c.overflow, c.underflow + c.subnormal + c.normal + c.overflow
 
 
+#: A recipe's six GEMM operands by what they hold (the scale histogram's groups); the
+#: gradients are the output gradient ``g`` as the input- and weight-gradient GEMMs
+#: quantize it (along the outputs and along the tokens).
+OPERANDS = {
+    "activations": ("fprop_x", "wgrad_x"),
+    "weights": ("fprop_w", "dgrad_w"),
+    "gradients": ("dgrad_g", "wgrad_g"),
+}
+
+
+def _pooled(summaries, field: str):
+    """Of the summaries' nonzero elements together, the fraction ``field`` counts."""
+    import jax.numpy as jnp
+
+    n = sum(s.nonzero.astype(jnp.float32) for s in summaries)
+    hit = sum(getattr(s, field) * s.nonzero.astype(jnp.float32) for s in summaries)
+    return hit, n
+
+
+def _recipe_summary(recipe_stats) -> dict:
+    """Per layer and pooled: gradient elements flushed (``dgrad_g``, ``wgrad_g``),
+    elements of all six operands clipped at their block's max, scale histograms."""
+    import jax.numpy as jnp
+
+    flushed, saturated = {}, {}
+    lost = jnp.zeros(2, jnp.float32)  # (flushed, nonzero), all layers
+    clipped = jnp.zeros(2, jnp.float32)
+    hist = {k: jnp.zeros(255, jnp.int32) for k in OPERANDS}
+    for layer, rs in recipe_stats.items():
+        grads = [getattr(rs, f) for f in OPERANDS["gradients"]]
+        every = [getattr(rs, f) for fs in OPERANDS.values() for f in fs]
+        hit, n = _pooled(grads, "underflow")
+        flushed[layer] = hit / jnp.maximum(n, 1)
+        lost = lost + jnp.stack([hit, n])
+        hit, n = _pooled(every, "saturated")
+        saturated[layer] = hit / jnp.maximum(n, 1)
+        clipped = clipped + jnp.stack([hit, n])
+        for kind, fields in OPERANDS.items():
+            for f in fields:
+                hist[kind] = hist[kind] + getattr(rs, f).exponent_counts
+    return {
+        "grad_underflow": lost[0] / jnp.maximum(lost[1], 1),
+        "flushed": flushed,
+        "saturated": saturated,
+        "saturated_all": clipped[0] / jnp.maximum(clipped[1], 1),
+        "scale_log2": {},
+        "block_scales": hist,
+    }
+
+
 def step_summary(metrics) -> dict:
     """The few numbers per step the demo keeps (computed inside jit, so the per-layer
-    histograms never leave the device)."""
+    histograms never leave the device). With ``metrics["recipe"]`` (a recipe run) the
+    statistics are the recipe GEMMs' (:func:`_recipe_summary`), else the element
+    casts' (``metrics["layers"]``)."""
     import jax.numpy as jnp
 
     from fpsim.nn._stats import nonzero_fraction_lost
 
     out = {k: metrics[k] for k in ("loss", "loss_scale", "finite", "grad_underflow")}
+    if "recipe" in metrics:
+        return {**out, **_recipe_summary(metrics["recipe"])}
     flushed, saturated, scales = {}, {}, {}
     over_all = jnp.zeros((), jnp.int32)
     nonzero_all = jnp.zeros((), jnp.int32)
@@ -485,7 +545,23 @@ def step_summary(metrics) -> dict:
     out["saturated"] = saturated
     out["saturated_all"] = over_all / jnp.maximum(nonzero_all, 1)
     out["scale_log2"] = scales
+    out["block_scales"] = {}
     return out
+
+
+def run_policy(spec: RunSpec):
+    """The :class:`fpsim.nn.Policy` a run trains under: ``spec.policy`` (built, if a
+    function), with ``spec.recipe`` set and :data:`RECIPE_SKIP` overridden back to the
+    policy without it (e.g. ``get_policy("bf16_mixed").replace(name="nvfp4",
+    recipe="nvfp4").with_overrides(("head", "bf16_mixed"))``)."""
+    import fpsim.nn
+
+    base = spec.policy() if callable(spec.policy) else spec.policy
+    base = fpsim.nn.get_policy(base)
+    if spec.recipe is None:
+        return base
+    recipe = base.replace(name=spec.name, recipe=spec.recipe)
+    return recipe.with_overrides(*((layer, base) for layer in RECIPE_SKIP))
 
 
 def _optimizer(spec: RunSpec, config: LMConfig):
@@ -501,7 +577,11 @@ def _optimizer(spec: RunSpec, config: LMConfig):
 
 
 def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunResult:
-    """Train one run of the demo and record it."""
+    """Train one run of the demo and record it.
+
+    A recipe run's step collects the recipe's GEMM statistics only (``watch=False,
+    recipe_stats=True``: the element casts around the GEMMs are BF16's, which flush
+    and clip nothing here); a format run's the element casts' statistics."""
     import jax
     import jax.numpy as jnp
 
@@ -509,10 +589,13 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
 
     data = corpus()
     model = make_model(data.vocab, config)
-    if spec.recipe is not None:
-        model = fpsim.nn.with_recipe(model, spec.recipe, skip=RECIPE_SKIP, seed=seed)
+    policy = run_policy(spec)
     optimizer, loss_scale = _optimizer(spec, config)
-    ts = fpsim.nn.make_train_step(model, spec.policy, optimizer, loss_scale=loss_scale)
+    recipe = spec.recipe is not None
+    ts = fpsim.nn.make_train_step(
+        model, policy, optimizer, loss_scale=loss_scale, watch=not recipe,
+        recipe_stats=recipe,
+    )  # fmt: skip
     step = jax.jit(lambda s, b: (lambda s2, m: (s2, step_summary(m)))(*ts.step(s, b)))
     rng = np.random.default_rng(seed)
     hi = len(data.train) - config.context - 1
@@ -535,7 +618,7 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         rows.append(summary)
         if progress is not None:
             progress.update(1)
-    held_out = _held_out_loss(ts, spec.policy, state, data, config)
+    held_out = _held_out_loss(ts, policy, state, data, config)
 
     def series(key):
         return np.asarray([r[key] for r in rows], np.float64)
@@ -544,27 +627,26 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         names = layer_order(rows[0][key])
         return {k: np.asarray([r[key][k] for r in rows], np.float64) for k in names}
 
-    if spec.recipe is None:
-        lost, saturated_all = series("grad_underflow"), series("saturated_all")
-        flushed, saturated = per_layer("flushed"), per_layer("saturated")
-        scales = {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)}
-    else:  # the policy's statistics do not see the quantization inside the GEMMs
-        lost = saturated_all = np.full(config.steps, np.nan)
-        flushed, saturated, scales = {}, {}, {}
+    scales = {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)}
+    block_scales = {
+        k: np.sum([r["block_scales"][k] for r in rows], axis=0, dtype=np.int64)
+        for k in rows[0]["block_scales"]
+    }
     return RunResult(
         spec.name,
         series("loss"),
         series("loss_scale"),
         np.asarray([bool(r["finite"]) for r in rows]),
-        lost,
-        saturated_all,
-        flushed,
-        saturated,
+        series("grad_underflow"),
+        series("saturated_all"),
+        per_layer("flushed"),
+        per_layer("saturated"),
         scales,
         held_out,
         seconds,
         compile_seconds,
         None if spec.recipe is None else fpsim.nn.get_recipe(spec.recipe).name,
+        block_scales,
     )
 
 
@@ -665,13 +747,22 @@ def summary_table(results, entropy: float | None = None) -> str:
         "  exp (perplexity); vs fp32: perplexity divided by float32's.",
         f"  For scale: the character frequencies alone give {entropy:.3f} "
         f"(perplexity {math.exp(entropy):.1f}).",
-        "grads lost: activation-gradient values flushed to zero in the backward pass, as",
-        "  a share of the nonzero values, all layers, mean over the last quarter of steps.",
-        "saturated: layer inputs and activation gradients that overflowed the format",
-        "  (clamped to +-max, or inf/NaN), as a share of the nonzero values, same steps.",
+        "grads lost: gradient values flushed to zero, as a share of the nonzero ones,",
+        "  all layers pooled, mean over the last quarter of steps. Format runs: the",
+        "  activation gradients at the casts of the backward pass. Recipe runs: the",
+        "  output gradient as the input- and weight-gradient GEMMs quantize it (flushed",
+        "  by its block's scale; the casts around the GEMMs are BF16's).",
+        "saturated: format runs: layer inputs and activation gradients that overflowed",
+        "  the format (clamped to +-max, or inf/NaN); recipe runs: elements of the six",
+        "  GEMM operands clipped at their block's max; share of the nonzero, same steps.",
         "skipped: steps the loss scaler rejected because a gradient overflowed.",
         "time: training loop after compilation (fpsim simulates formats in software).",
     ]
+    if not any(r.name in {a.name for a in ABLATIONS} for r in results):
+        lines.append(
+            "NVFP4 ablations (" + ", ".join(a.name for a in ABLATIONS) + "): "
+            "--runs 'nvfp4*'."
+        )
     return "\n".join(lines)
 
 
@@ -679,18 +770,22 @@ def summary_table(results, entropy: float | None = None) -> str:
 # figures
 # --------------------------------------------------------------------------------------
 def scale_exponents(r: RunResult) -> dict[str, np.ndarray]:
-    """The scale exponents a run used, by kind of tensor (the histogram figure's data).
+    """The scale exponents a run used, by kind of tensor (the histogram figure's data):
+    ``{kind: int64[255]}``, counts over :data:`fpsim.blocks.EXPONENTS` (-127..127).
 
-    Today: log2 of the per-tensor delayed scales of layer inputs and activation
-    gradients, all layers and steps pooled (``{"input": ..., "grad": ...}``; empty for
-    runs without scales). This is the hook for block-scaled recipes: a recipe whose
-    statistics carry per-block scale exponents adds them here under its own key.
+    A format run with per-tensor scales (delayed, adaptive): the exponent
+    (``floor(log2)``) of every layer's input and activation-gradient scale, one count
+    per tensor and step (``"input"``, ``"grad"``). A recipe run: the exponent of every
+    block's scale, all layers and steps (``"activations"``, ``"weights"``,
+    ``"gradients"``: :data:`OPERANDS`). Empty for a run without scales.
     """
-    out: dict[str, list] = {}
+    out: dict[str, np.ndarray] = {}
     for key, values in r.scale_log2.items():
         kind = key.rsplit(" ", 1)[-1]
-        out.setdefault(kind, []).append(values)
-    return {k: np.concatenate(v) for k, v in out.items()}
+        e = np.clip(np.floor(values), -127, 127).astype(np.int64) + 127
+        out[kind] = out.get(kind, 0) + np.bincount(e, minlength=255)
+    out.update({k: v for k, v in r.block_scales.items() if v.sum()})
+    return out
 
 
 def _heatmaps(results, field: str, label: str, title: str, empty: str):
@@ -704,17 +799,19 @@ def _heatmaps(results, field: str, label: str, title: str, empty: str):
         ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
         ax.set_title(title)
         return fig
-    rows = len(getattr(shown[0], field))
-    fig, axes = new_figure((9, (0.22 * rows + 1.6) * len(shown)), rows=len(shown))
+    rows = max(len(getattr(r, field)) for r in shown)
+    fig, axes = new_figure((9, (0.2 * rows + 1.5) * len(shown)), rows=len(shown))
     for ax, r in zip(axes, shown, strict=True):
         top = max(float(np.max(v)) for v in getattr(r, field).values())
+        where = "recipe GEMMs" if r.recipe is not None else "casts"
         fpsim.plot.underflow_heatmap(
             getattr(r, field),
             ax=ax,
             label=label,
-            title=f"{r.name}: {title} (colours up to {_share(top)})",
+            title=f"{r.name} ({where}): colours up to {_share(top)}",
         )
         ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title)
     return fig
 
 
@@ -790,35 +887,47 @@ def figures(results) -> dict[str, Any]:
         results,
         "flushed",
         "share of nonzero\ngradient values\nflushed to zero",
-        "activation gradients flushed per layer",
-        "no run flushed any activation gradient to zero",
+        "Gradients flushed to zero per layer: activation gradients at the casts "
+        "(format runs),\nthe output gradient in the input- and weight-gradient GEMMs "
+        "(recipe runs)",
+        "no run flushed any gradient to zero",
     )
     out["lm_saturated_per_layer.png"] = _heatmaps(
         results,
         "saturated",
-        "share of nonzero\ninputs and gradients\nthat overflowed",
-        "inputs and gradients saturated per layer",
-        "no run saturated (overflowed) any layer input or activation gradient",
+        "share of nonzero\nvalues that\noverflowed",
+        "Values saturated per layer: inputs and activation gradients at the casts "
+        "(format runs),\nthe six GEMM operands clipped at their block's max (recipe "
+        "runs)",
+        "no run saturated (overflowed) any value",
     )
     scaled = [(r, scale_exponents(r)) for r in results]
     scaled = [(r, e) for r, e in scaled if e]
     if scaled:
-        fig, axes = new_figure((8, 3.2 * len(scaled)), rows=len(scaled))
-        for ax, (r, exps) in zip(axes, scaled, strict=True):
-            lo = math.floor(min(v.min() for v in exps.values()))
-            hi = math.ceil(max(v.max() for v in exps.values())) + 1
-            bins = np.arange(lo, hi + 1)
-            for i, (kind, v) in enumerate(sorted(exps.items())):
+        fig, axes = new_figure((8, 2.6 * len(scaled)), rows=len(scaled))
+        from fpsim.blocks import EXPONENTS
+
+        exps = np.asarray(EXPONENTS)
+        for ax, (r, hists) in zip(axes, scaled, strict=True):
+            used = np.flatnonzero(sum(hists.values()))
+            bins = np.arange(exps[used[0]], exps[used[-1]] + 2)
+            for i, (kind, counts) in enumerate(hists.items()):
                 s = fpsim.plot.style(i)
                 ax.hist(
-                    v, bins=bins, histtype="step", linewidth=1.6, color=s["color"],
-                    linestyle=s["linestyle"], label=f"{kind} scales ({v.size})",
+                    exps, bins=bins, weights=counts, histtype="step", linewidth=1.6,
+                    color=s["color"], linestyle=s["linestyle"],
+                    label=f"{kind} ({int(counts.sum()):,})",
                 )  # fmt: skip
             ax.xaxis.set_major_formatter(fpsim.plot.pow2_formatter(base_is_log2=True))
             ax.set_xlabel("scale (binned by its exponent)")
-            ax.set_ylabel("tensors x steps")
-            ax.set_title(f"{r.name}: the per-tensor scales it chose")
-            ax.legend(fontsize=9)
+            if r.recipe is None:
+                ax.set_ylabel("tensors x steps")
+                ax.set_title(f"{r.name}: the per-tensor scales it chose")
+            else:
+                ax.set_ylabel("blocks x steps")
+                ax.set_title(f"{r.name}: the block scales of its GEMM operands")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
         out["lm_scale_exponents.png"] = fig
     return out
 
