@@ -210,9 +210,7 @@ RUNS: tuple[RunSpec, ...] = (
         "fp8_blockwise", "E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)"
     ),
     _recipe_run("mxfp8", "E4M3 in blocks of 32 with power-of-two scales (OCP MX)"),
-    _recipe_run(
-        "nvfp4", "E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard"
-    ),
+    _recipe_run("nvfp4", "E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard"),
     _recipe_run(
         "mxfp4_naive", "E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care"
     ),
@@ -224,7 +222,9 @@ ABLATIONS: tuple[RunSpec, ...] = (
     _recipe_run(
         "nvfp4_no_rht", "NVFP4 without the random Hadamard transform of the wgrad GEMM"
     ),
-    _recipe_run("nvfp4_no_sr", "NVFP4 with gradients rounded to nearest: a biased gradient"),
+    _recipe_run(
+        "nvfp4_no_sr", "NVFP4 with gradients rounded to nearest: a biased gradient"
+    ),
     _recipe_run(
         "nvfp4_1d_weights",
         "NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
@@ -800,8 +800,14 @@ def _heatmaps(results, field: str, label: str, title: str, empty: str):
         ax.set_title(title)
         return fig
     rows = max(len(getattr(r, field)) for r in shown)
-    fig, axes = new_figure((9, (0.2 * rows + 1.5) * len(shown)), rows=len(shown))
-    for ax, r in zip(axes, shown, strict=True):
+    cols = 1 if len(shown) < 3 else 2  # two columns keep a long list readable
+    panels = -(-len(shown) // cols)
+    fig, _ = new_figure((9 * cols, (0.18 * rows + 1.5) * panels))
+    fig.clear()
+    axes = fig.subplots(panels, cols, squeeze=False).ravel()
+    for ax in axes[len(shown) :]:
+        ax.remove()
+    for ax, r in zip(axes, shown, strict=False):
         top = max(float(np.max(v)) for v in getattr(r, field).values())
         where = "recipe GEMMs" if r.recipe is not None else "casts"
         fpsim.plot.underflow_heatmap(
@@ -920,12 +926,21 @@ def figures(results) -> dict[str, Any]:
                 )  # fmt: skip
             ax.xaxis.set_major_formatter(fpsim.plot.pow2_formatter(base_is_log2=True))
             ax.set_xlabel("scale (binned by its exponent)")
+            if r.recipe is not None and exps[used[0]] == -127:
+                ax.set_xlabel("scale (binned by its exponent; 2^-127: all-zero blocks)")
             if r.recipe is None:
                 ax.set_ylabel("tensors x steps")
                 ax.set_title(f"{r.name}: the per-tensor scales it chose")
             else:
+                import fpsim.nn
+
+                bfmt = fpsim.nn.get_recipe(r.recipe).activation
                 ax.set_ylabel("blocks x steps")
-                ax.set_title(f"{r.name}: the block scales of its GEMM operands")
+                ax.set_title(
+                    f"{r.name}: the {bfmt.scale.name.upper()} "
+                    f"{'per-tensor' if bfmt.per_tensor else 'block'} scales of its GEMM "
+                    "operands" + (" (tensor scale left out)" if bfmt.tensor_scale else "")
+                )
             ax.set_yscale("log")
             ax.legend(fontsize=8)
         out["lm_scale_exponents.png"] = fig
