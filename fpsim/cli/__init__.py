@@ -179,7 +179,7 @@ def _cmd_formats(args) -> int:
 def _cmd_figures(args) -> int:
     from fpsim.showcase.figures import write_figures
 
-    for path in write_figures(args.outdir, only=args.only):
+    for path in write_figures(args.outdir, only=args.only, slow=args.slow):
         print(path, flush=True)
     return 0
 
@@ -269,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figures", help="regenerate the figures (PNG)")
     p.add_argument("--outdir", default="figures", help="where to write (default figures)")
     p.add_argument("--only", nargs="*", metavar="NAME", help="only these file names")
+    p.add_argument(
+        "--slow",
+        action="store_true",
+        help="also the figures that train for minutes (lm_training_curves.png: the "
+        "language-model demo, fpsim demo lm)",
+    )
     p.set_defaults(run=_cmd_figures)
     p = sub.add_parser(
         "demo",
