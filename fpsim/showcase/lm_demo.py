@@ -29,85 +29,83 @@ through the softmax's Jacobian and are smaller still; the residual stream's (the
 gradients of ``attn/out`` and ``mlp_out``) are not. FP8's E5M2 (smallest subnormal
 ``2**-16`` = 1.5e-5) loses far more without a scale.
 
-Today's recipes (the last eight runs) quantize inside the three GEMMs of every
+Today's recipes (the last five runs) quantize inside the three GEMMs of every
 ``Dense``/``DenseGeneral`` but the head (forward, input gradient, weight gradient; each
-operand along the axis that GEMM contracts: :func:`fpsim.nn.with_recipe`). Around the
-GEMMs the network is the bf16 run's (policy ``bf16_mixed``: BF16 layer inputs, outputs
-and activation gradients, float32 master weights, norms and embeddings in float32), as
-Transformer Engine runs its recipes inside BF16 autocast, so each recipe row reads
-against bf16. The head stays out (62 outputs, a multiple of no block; the recipes keep
-the last layers in higher precision too). The sizes fit every recipe's blocks: width
-128 (DeepSeek-V3's 128x128 weight tiles), MLP 512, ``batch * context = 1024`` tokens
-per step and 4096 held out (1x128 and 1x16 blocks along the tokens of the
-weight-gradient GEMM).
+operand along the axis that GEMM contracts). Each is a policy (:func:`run_policy`):
+``get_policy("bf16_mixed").replace(name="nvfp4", recipe="nvfp4").with_overrides(("head",
+"bf16_mixed"))``. Around the GEMMs the network is the bf16 run's (BF16 layer inputs,
+outputs and activation gradients, float32 master weights, norms and embeddings in
+float32), as Transformer Engine runs its recipes inside BF16 autocast, so each recipe
+row reads against bf16. The head stays out (62 outputs, a multiple of no block; the
+recipes keep the last layers in higher precision too). The sizes fit every recipe's
+blocks: width 128 (DeepSeek-V3's 128x128 weight tiles), MLP 512, ``batch * context =
+1024`` tokens per step and 4096 held out (1x128 and 1x16 blocks along the tokens of the
+weight-gradient GEMM). A recipe run's step records what its GEMMs' quantization lost
+(``make_train_step(..., watch=False, recipe_stats=True)``: per layer, the six operands'
+flushed and clipped shares and block-scale exponents); a format run's step records its
+element casts (``watch=True``). The three NVFP4 ablations (:data:`ABLATIONS`: no
+Hadamard transform, no stochastic rounding, 1x16 weight blocks) are not in the default
+list: ``--runs 'nvfp4*'`` trains them.
 
 Measured (``fpsim demo lm``, seed 0: two blocks, 200 steps of 16 x 64 characters;
 "loss" the mean training loss over the last 20 steps, the same batches for every run;
-"held out" the loss on held-out text, "ppl" its exp; "lost" the share of the *nonzero*
-activation-gradient values the backward pass flushed to zero, all layers pooled, mean
-over the last quarter of the steps; "-": not measured for recipe runs, whose
-quantization happens inside the GEMMs where the policy's statistics do not look; the
-character frequencies alone give 3.313 nats, ppl 27.5):
+"held out" the loss on held-out text, "ppl" its exp; "lost" a share of the *nonzero*
+gradient values flushed to zero, all layers pooled, mean over the last quarter of the
+steps: for a format run the activation gradients at the backward casts, for a recipe
+run the output gradient ``g`` as the input- and weight-gradient GEMMs quantize it
+(``dgrad_g``, ``wgrad_g``: flushed by its block's scale); "sat" the share that
+saturated: layer inputs and activation gradients at the casts, or the six GEMM
+operands clipped at their block's max; the character frequencies alone give 3.313
+nats, ppl 27.5):
 
-=======================  =====  ========  =====  =======  ================================
-run                      loss   held out  ppl    lost     what happened
-=======================  =====  ========  =====  =======  ================================
-float32                  2.446  2.476     11.89  0        the reference
-bf16                     2.446  2.490     12.07  0        float32's range: nothing flushes
-fp16 (no loss scaling)   2.448  2.484     11.99  4.16%    lost grows as predictions
-                                                          sharpen; a small cost with Adam
-fp16 + loss scaling      2.448  2.482     11.96  0.01%    the same casts; 2**16 lifts the
-                                                          gradients into range
-fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  amax-history scales keep them; a
-                                                          few per 10 million saturate
-fp8 naive                3.181  3.271     26.33  70.65%   E5M2 flushes every matrix
-                                                          layer's gradient: stalls near
-                                                          the context-free loss
-fp8_current              2.449  2.506     12.26  -        as bf16 (within one seed's noise)
-fp8_blockwise            2.443  2.478     11.92  -        as bf16
-mxfp8                    2.451  2.490     12.06  -        as bf16
-nvfp4                    2.457  2.511     12.31  -        +0.011 over bf16: FP4 costs
-nvfp4_no_rht             2.459  2.504     12.23  -        as nvfp4 (+0.002)
-nvfp4_no_sr              2.457  2.498     12.15  -        as nvfp4
-nvfp4_1d_weights         2.455  2.492     12.09  -        as nvfp4 (-0.002)
-mxfp4_naive              2.467  2.518     12.40  -        +0.021: twice nvfp4's cost
-=======================  =====  ========  =====  =======  ================================
+=======================  =====  ========  =====  =======  =======  =======================
+run                      loss   held out  ppl    lost     sat      what happened
+=======================  =====  ========  =====  =======  =======  =======================
+float32                  2.446  2.476     11.89  0        0        the reference
+bf16                     2.446  2.490     12.07  0        0        float32's range
+fp16 (no loss scaling)   2.448  2.484     11.99  4.16%    0        lost grows as
+                                                                   predictions sharpen
+fp16 + loss scaling      2.448  2.482     11.96  0.01%    0        2**16 lifts them
+fp16 adaptive (zhao)     2.449  2.484     11.99  1.77%    0        per-layer scales save
+                                                                   part
+fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  2.6e-07  amax-history scales
+fp8 naive                3.181  3.271     26.33  70.65%   0        E5M2 flushes; stalls
+fp8_current              2.449  2.494     12.11  0.02%    2.0e-07  as bf16
+fp8_blockwise            2.444  2.480     11.94  0.19%    0.02%    as bf16
+mxfp8                    2.455  2.499     12.17  0.11%    0        as bf16
+nvfp4                    2.460  2.516     12.38  11.26%   3.24%    +0.014 over bf16
+mxfp4_naive              2.464  2.524     12.48  27.87%   2.43%    +0.018 over bf16
+=======================  =====  ========  =====  =======  =======  =======================
 
 So: the classic lesson holds at 200 steps (pure FP16 loses 4% of its gradients without
 loss scaling, 0.01% with it; FP8 without scales stalls at step ~20 near the loss of a
-context-free model: the recipe fails for the reason E5M2's range gives, not for a
-bug). The three 8-bit recipes train like bf16: their training losses lie within
-0.005 of it, and so does float32's; the held-out losses differ from bf16's by -0.012
-to +0.016 (one seed: the runs' trajectories part after the first rounding difference).
-Every FP4 run pays, up to 0.09 nats over the first 50 steps, falling to about 0.01 for
-NVFP4 and 0.02 for naive MXFP4 by step 200 (the loss figure's last panel). Measured on
-a 1024 x 128 Gaussian input whose features have log-normal scales: NVFP4's 16-element
-blocks with E4M3 scales quantize it with 0.089 relative RMS error, MXFP4's 32-element
-blocks with power-of-two scales with 0.151. With seed 1 the order is the same
-(training loss, nats: bf16 2.328, nvfp4 2.346, mxfp4_naive 2.375). Turning one NVFP4
-ingredient off costs nothing measurable at this size (+-0.002 on the training loss),
-and the recipe predicts as much: each ingredient buys something a 200-step run of a
-2-block model does not need. Stochastic rounding makes the gradient unbiased at the
-price of *more* error per step (relative error of the input-gradient GEMM 0.176 with
-it, 0.146 without, on the same kind of data): it pays over long runs, where the bias
-of round-to-nearest accumulates. The
-Hadamard transform spreads outliers along the token axis over their block; this
-model develops none that matter in 200 steps. 16x16 weight tiles make the forward and
-input-gradient GEMMs see the same quantized weight (the chain rule holds for the
-quantized model) at the price of coarser blocks (0.111 relative error against 0.095
-for 1x16): consistency matters when errors compound over depth and time. With
-``--fast`` (one block, 80 steps, seven runs) the picture is weaker: fp16 without loss
-scaling loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), mxfp8, nvfp4 and
-mxfp4_naive end within 0.004 of bf16.
+context-free model). Zhao et al.'s rule chooses the smallest scale that keeps the
+*product* ``g W^T`` from underflowing, not ``g`` itself: it halves pure FP16's loss
+(1.77%) without matching one global loss scale. The three 8-bit recipes train like
+bf16 (training losses within 0.009 of it) and flush 0.02-0.19% of their gradient
+elements. The FP4 recipes pay (+0.014 and +0.018 nats on the training loss, up to
+0.09 over the first 50 steps: the loss figure's last panel) and their GEMMs flush a
+real share of the gradient: 11% for NVFP4 (16-element blocks, E4M3 scales, stochastic
+rounding), 28% for naive MXFP4 (32-element blocks, power-of-two scales), most in
+``mlp_in`` (a 512-wide output gradient) and, for MXFP4, in the attention projections
+(the per-layer heat map); they clip 2-3% of the elements (their block maxima saturate
+E2M1's 6). The NVFP4 ablations (``--runs 'nvfp4*'``, measured before this table
+through :func:`fpsim.nn.with_recipe`) each ended within 0.002 of nvfp4's training
+loss: each ingredient buys something a 200-step run of a 2-block model does not need
+(stochastic rounding makes the gradient unbiased at the price of more error per step;
+the Hadamard transform spreads outliers this model does not develop; 16x16 weight
+tiles keep fprop and dgrad on the same quantized weight). With ``--fast`` (one block,
+80 steps, five runs: float32, fp16 without loss scaling, fp8 naive, nvfp4,
+mxfp4_naive) fp16 loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), nvfp4
+and mxfp4_naive end within 0.009 of float32 and lose 10.6% and 23.4% of their
+gradients in the GEMMs.
 
-Time: the default run used 845 s of CPU (14 minutes; 37.5 minutes of wall time on a
-2-core machine shared with other jobs, load average 9-11) and ``--fast`` 165 s (12
-minutes of wall time at load 8-10): both above the 10 and 2 minutes on an idle 2-core
-laptop that the demo aims for. Per run, tracing and compiling its three programs
-(initialisation, the step, the held-out forward pass) costs 10-20 s of CPU for a
-format and 20-40 s for a recipe (NVFP4's bit-exact two-level scaling makes the
-largest programs); a step then takes 0.08-0.2 s. ``--runs`` trains a subset
-(``--runs 'bf16,nvfp4*'``).
+Time (CPU time of the whole process, on the project's 2-core machine shared with
+other jobs): the default run 539 s (1125 s of wall time at load average 5-10),
+``--fast`` 101 s (312 s wall at load 8-10). Per run, tracing and compiling its
+programs costs 14-61 s of that wall time (NVFP4's bit-exact two-level scaling makes the
+largest); the 200 steps then take 28-69 s of wall time. Recording the recipe GEMMs'
+statistics adds about one more quantization of every operand per step.
 
 Adding a run is one entry of :data:`RUNS` (a :class:`RunSpec`): a name, a policy
 preset of :mod:`fpsim.nn` (or a :class:`fpsim.nn.Policy`), whether to use dynamic loss
