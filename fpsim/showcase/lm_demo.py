@@ -80,8 +80,8 @@ mxfp4_naive              2.464  2.524     12.48  27.87%   2.43%    +0.018 over b
 So: the classic lesson holds at 200 steps (pure FP16 loses 4% of its gradients without
 loss scaling, 0.01% with it; FP8 without scales stalls at step ~20 near the loss of a
 context-free model). Zhao et al.'s rule chooses the smallest scale that keeps the
-*product* ``g W^T`` from underflowing, not ``g`` itself: it halves pure FP16's loss
-(1.77%) without matching one global loss scale. The three 8-bit recipes train like
+*product* ``g W^T`` from underflowing, not ``g`` itself: it cuts pure FP16's loss to
+1.77% without matching one global loss scale. The three 8-bit recipes train like
 bf16 (training losses within 0.009 of it) and flush 0.02-0.19% of their gradient
 elements. The FP4 recipes pay (+0.014 and +0.018 nats on the training loss, up to
 0.09 over the first 50 steps: the loss figure's last panel) and their GEMMs flush a
