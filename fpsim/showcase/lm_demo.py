@@ -933,7 +933,7 @@ def figures(results) -> dict[str, Any]:
                 import fpsim.nn
 
                 bfmt = fpsim.nn.get_recipe(r.recipe).activation
-                ax.set_ylabel("blocks x steps")
+                ax.set_ylabel("tensors x steps" if bfmt.per_tensor else "blocks x steps")
                 ax.set_title(
                     f"{r.name}: the {bfmt.scale.name.upper()} "
                     f"{'per-tensor' if bfmt.per_tensor else 'block'} scales of its GEMM "
