@@ -4,8 +4,10 @@
 deterministically: fixed seeds, the Agg renderer, no timestamps in the files. The
 ``demo_*`` figures come from the flagship demo's default run (``fpsim demo``: five
 trainings of a small MLP on the digits data, about a minute or two on a laptop CPU),
-``lm_training_curves.png`` from the language-model demo's (``fpsim demo lm``, about
-ten minutes).
+``lm_training_curves.png`` from the language-model demo's (``fpsim demo lm``, twelve
+trainings of a small transformer, many CPU-minutes): a figure of :data:`SLOW`, written
+only when asked for (``fpsim figures --slow``, ``write_figures(slow=True)``, or by name
+in ``--only``); otherwise the committed PNG stays as it is.
 
 To add a figure, write a function that returns a ``matplotlib.figure.Figure`` and add
 ``(file name, function)`` to :data:`FIGURES` (or call :func:`register_figure`).
@@ -109,7 +111,7 @@ def demo_gradient_histogram():
 
 def lm_training_curves():
     """The language-model demo's loss figure (``fpsim demo lm``, its default run, seed
-    0: fourteen trainings of a small transformer, about ten minutes of CPU)."""
+    0: twelve trainings of a small transformer; slow, see :data:`SLOW`)."""
     from fpsim.showcase import lm_demo
 
     results = lm_demo.run_experiment(lm_demo.DEFAULT, 0, lm_demo.RUNS, quiet=True)
@@ -131,13 +133,20 @@ FIGURES: list[tuple[str, Callable]] = [
 ]
 
 
+#: Figures that train a model for minutes: written only when asked for.
+SLOW: frozenset[str] = frozenset({"lm_training_curves.png"})
+
+
 def register_figure(filename: str, function: Callable) -> None:
     """Add (or replace) a figure that ``fpsim figures`` writes."""
     FIGURES[:] = [(n, f) for n, f in FIGURES if n != filename] + [(filename, function)]
 
 
-def write_figures(outdir="figures", only=None) -> list[Path]:
+def write_figures(outdir="figures", only=None, slow: bool = False) -> list[Path]:
     """Write every figure of :data:`FIGURES` (or those named in ``only``) to ``outdir``.
+
+    Without ``only``, the figures of :data:`SLOW` are left out unless ``slow``; named in
+    ``only`` they are written.
 
     Raises:
       ValueError: a name in ``only`` that is not a figure.
@@ -151,6 +160,8 @@ def write_figures(outdir="figures", only=None) -> list[Path]:
     written = []
     for name, function in FIGURES:
         if only and name not in only:
+            continue
+        if not only and not slow and name in SLOW:
             continue
         fig = function()
         written.append(save(fig, Path(outdir) / name))

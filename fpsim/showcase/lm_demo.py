@@ -29,85 +29,83 @@ through the softmax's Jacobian and are smaller still; the residual stream's (the
 gradients of ``attn/out`` and ``mlp_out``) are not. FP8's E5M2 (smallest subnormal
 ``2**-16`` = 1.5e-5) loses far more without a scale.
 
-Today's recipes (the last eight runs) quantize inside the three GEMMs of every
+Today's recipes (the last five runs) quantize inside the three GEMMs of every
 ``Dense``/``DenseGeneral`` but the head (forward, input gradient, weight gradient; each
-operand along the axis that GEMM contracts: :func:`fpsim.nn.with_recipe`). Around the
-GEMMs the network is the bf16 run's (policy ``bf16_mixed``: BF16 layer inputs, outputs
-and activation gradients, float32 master weights, norms and embeddings in float32), as
-Transformer Engine runs its recipes inside BF16 autocast, so each recipe row reads
-against bf16. The head stays out (62 outputs, a multiple of no block; the recipes keep
-the last layers in higher precision too). The sizes fit every recipe's blocks: width
-128 (DeepSeek-V3's 128x128 weight tiles), MLP 512, ``batch * context = 1024`` tokens
-per step and 4096 held out (1x128 and 1x16 blocks along the tokens of the
-weight-gradient GEMM).
+operand along the axis that GEMM contracts). Each is a policy (:func:`run_policy`):
+``get_policy("bf16_mixed").replace(name="nvfp4", recipe="nvfp4").with_overrides(("head",
+"bf16_mixed"))``. Around the GEMMs the network is the bf16 run's (BF16 layer inputs,
+outputs and activation gradients, float32 master weights, norms and embeddings in
+float32), as Transformer Engine runs its recipes inside BF16 autocast, so each recipe
+row reads against bf16. The head stays out (62 outputs, a multiple of no block; the
+recipes keep the last layers in higher precision too). The sizes fit every recipe's
+blocks: width 128 (DeepSeek-V3's 128x128 weight tiles), MLP 512, ``batch * context =
+1024`` tokens per step and 4096 held out (1x128 and 1x16 blocks along the tokens of the
+weight-gradient GEMM). A recipe run's step records what its GEMMs' quantization lost
+(``make_train_step(..., watch=False, recipe_stats=True)``: per layer, the six operands'
+flushed and clipped shares and block-scale exponents); a format run's step records its
+element casts (``watch=True``). The three NVFP4 ablations (:data:`ABLATIONS`: no
+Hadamard transform, no stochastic rounding, 1x16 weight blocks) are not in the default
+list: ``--runs 'nvfp4*'`` trains them.
 
 Measured (``fpsim demo lm``, seed 0: two blocks, 200 steps of 16 x 64 characters;
 "loss" the mean training loss over the last 20 steps, the same batches for every run;
-"held out" the loss on held-out text, "ppl" its exp; "lost" the share of the *nonzero*
-activation-gradient values the backward pass flushed to zero, all layers pooled, mean
-over the last quarter of the steps; "-": not measured for recipe runs, whose
-quantization happens inside the GEMMs where the policy's statistics do not look; the
-character frequencies alone give 3.313 nats, ppl 27.5):
+"held out" the loss on held-out text, "ppl" its exp; "lost" a share of the *nonzero*
+gradient values flushed to zero, all layers pooled, mean over the last quarter of the
+steps: for a format run the activation gradients at the backward casts, for a recipe
+run the output gradient ``g`` as the input- and weight-gradient GEMMs quantize it
+(``dgrad_g``, ``wgrad_g``: flushed by its block's scale); "sat" the share that
+saturated: layer inputs and activation gradients at the casts, or the six GEMM
+operands clipped at their block's max; the character frequencies alone give 3.313
+nats, ppl 27.5):
 
-=======================  =====  ========  =====  =======  ================================
-run                      loss   held out  ppl    lost     what happened
-=======================  =====  ========  =====  =======  ================================
-float32                  2.446  2.476     11.89  0        the reference
-bf16                     2.446  2.490     12.07  0        float32's range: nothing flushes
-fp16 (no loss scaling)   2.448  2.484     11.99  4.16%    lost grows as predictions
-                                                          sharpen; a small cost with Adam
-fp16 + loss scaling      2.448  2.482     11.96  0.01%    the same casts; 2**16 lifts the
-                                                          gradients into range
-fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  amax-history scales keep them; a
-                                                          few per 10 million saturate
-fp8 naive                3.181  3.271     26.33  70.65%   E5M2 flushes every matrix
-                                                          layer's gradient: stalls near
-                                                          the context-free loss
-fp8_current              2.449  2.506     12.26  -        as bf16 (within one seed's noise)
-fp8_blockwise            2.443  2.478     11.92  -        as bf16
-mxfp8                    2.451  2.490     12.06  -        as bf16
-nvfp4                    2.457  2.511     12.31  -        +0.011 over bf16: FP4 costs
-nvfp4_no_rht             2.459  2.504     12.23  -        as nvfp4 (+0.002)
-nvfp4_no_sr              2.457  2.498     12.15  -        as nvfp4
-nvfp4_1d_weights         2.455  2.492     12.09  -        as nvfp4 (-0.002)
-mxfp4_naive              2.467  2.518     12.40  -        +0.021: twice nvfp4's cost
-=======================  =====  ========  =====  =======  ================================
+=======================  =====  ========  =====  =======  =======  =======================
+run                      loss   held out  ppl    lost     sat      what happened
+=======================  =====  ========  =====  =======  =======  =======================
+float32                  2.446  2.476     11.89  0        0        the reference
+bf16                     2.446  2.490     12.07  0        0        float32's range
+fp16 (no loss scaling)   2.448  2.484     11.99  4.16%    0        lost grows as
+                                                                   predictions sharpen
+fp16 + loss scaling      2.448  2.482     11.96  0.01%    0        2**16 lifts them
+fp16 adaptive (zhao)     2.449  2.484     11.99  1.77%    0        per-layer scales save
+                                                                   part
+fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  2.6e-07  amax-history scales
+fp8 naive                3.181  3.271     26.33  70.65%   0        E5M2 flushes; stalls
+fp8_current              2.449  2.494     12.11  0.02%    2.0e-07  as bf16
+fp8_blockwise            2.444  2.480     11.94  0.19%    0.02%    as bf16
+mxfp8                    2.455  2.499     12.17  0.11%    0        as bf16
+nvfp4                    2.460  2.516     12.38  11.26%   3.24%    +0.014 over bf16
+mxfp4_naive              2.464  2.524     12.48  27.87%   2.43%    +0.018 over bf16
+=======================  =====  ========  =====  =======  =======  =======================
 
 So: the classic lesson holds at 200 steps (pure FP16 loses 4% of its gradients without
 loss scaling, 0.01% with it; FP8 without scales stalls at step ~20 near the loss of a
-context-free model: the recipe fails for the reason E5M2's range gives, not for a
-bug). The three 8-bit recipes train like bf16: their training losses lie within
-0.005 of it, and so does float32's; the held-out losses differ from bf16's by -0.012
-to +0.016 (one seed: the runs' trajectories part after the first rounding difference).
-Every FP4 run pays, up to 0.09 nats over the first 50 steps, falling to about 0.01 for
-NVFP4 and 0.02 for naive MXFP4 by step 200 (the loss figure's last panel). Measured on
-a 1024 x 128 Gaussian input whose features have log-normal scales: NVFP4's 16-element
-blocks with E4M3 scales quantize it with 0.089 relative RMS error, MXFP4's 32-element
-blocks with power-of-two scales with 0.151. With seed 1 the order is the same
-(training loss, nats: bf16 2.328, nvfp4 2.346, mxfp4_naive 2.375). Turning one NVFP4
-ingredient off costs nothing measurable at this size (+-0.002 on the training loss),
-and the recipe predicts as much: each ingredient buys something a 200-step run of a
-2-block model does not need. Stochastic rounding makes the gradient unbiased at the
-price of *more* error per step (relative error of the input-gradient GEMM 0.176 with
-it, 0.146 without, on the same kind of data): it pays over long runs, where the bias
-of round-to-nearest accumulates. The
-Hadamard transform spreads outliers along the token axis over their block; this
-model develops none that matter in 200 steps. 16x16 weight tiles make the forward and
-input-gradient GEMMs see the same quantized weight (the chain rule holds for the
-quantized model) at the price of coarser blocks (0.111 relative error against 0.095
-for 1x16): consistency matters when errors compound over depth and time. With
-``--fast`` (one block, 80 steps, seven runs) the picture is weaker: fp16 without loss
-scaling loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), mxfp8, nvfp4 and
-mxfp4_naive end within 0.004 of bf16.
+context-free model). Zhao et al.'s rule chooses the smallest scale that keeps the
+*product* ``g W^T`` from underflowing, not ``g`` itself: it cuts pure FP16's loss to
+1.77% without matching one global loss scale. The three 8-bit recipes train like
+bf16 (training losses within 0.009 of it) and flush 0.02-0.19% of their gradient
+elements. The FP4 recipes pay (+0.014 and +0.018 nats on the training loss, up to
+0.09 over the first 50 steps: the loss figure's last panel) and their GEMMs flush a
+real share of the gradient: 11% for NVFP4 (16-element blocks, E4M3 scales, stochastic
+rounding), 28% for naive MXFP4 (32-element blocks, power-of-two scales), most in
+``mlp_in`` (a 512-wide output gradient) and, for MXFP4, in the attention projections
+(the per-layer heat map); they clip 2-3% of the elements (their block maxima saturate
+E2M1's 6). The NVFP4 ablations (``--runs 'nvfp4*'``, measured before this table
+through :func:`fpsim.nn.with_recipe`) each ended within 0.002 of nvfp4's training
+loss: each ingredient buys something a 200-step run of a 2-block model does not need
+(stochastic rounding makes the gradient unbiased at the price of more error per step;
+the Hadamard transform spreads outliers this model does not develop; 16x16 weight
+tiles keep fprop and dgrad on the same quantized weight). With ``--fast`` (one block,
+80 steps, five runs: float32, fp16 without loss scaling, fp8 naive, nvfp4,
+mxfp4_naive) fp16 loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), nvfp4
+and mxfp4_naive end within 0.009 of float32 and lose 10.6% and 23.4% of their
+gradients in the GEMMs.
 
-Time: the default run used 845 s of CPU (14 minutes; 37.5 minutes of wall time on a
-2-core machine shared with other jobs, load average 9-11) and ``--fast`` 165 s (12
-minutes of wall time at load 8-10): both above the 10 and 2 minutes on an idle 2-core
-laptop that the demo aims for. Per run, tracing and compiling its three programs
-(initialisation, the step, the held-out forward pass) costs 10-20 s of CPU for a
-format and 20-40 s for a recipe (NVFP4's bit-exact two-level scaling makes the
-largest programs); a step then takes 0.08-0.2 s. ``--runs`` trains a subset
-(``--runs 'bf16,nvfp4*'``).
+Time (CPU time of the whole process, on the project's 2-core machine shared with
+other jobs): the default run 539 s (1125 s of wall time at load average 5-10),
+``--fast`` 101 s (312 s wall at load 8-10). Per run, tracing and compiling its
+programs costs 14-61 s of that wall time (NVFP4's bit-exact two-level scaling makes the
+largest); the 200 steps then take 28-69 s of wall time. Recording the recipe GEMMs'
+statistics adds about one more quantization of every operand per step.
 
 Adding a run is one entry of :data:`RUNS` (a :class:`RunSpec`): a name, a policy
 preset of :mod:`fpsim.nn` (or a :class:`fpsim.nn.Policy`), whether to use dynamic loss
@@ -139,14 +137,17 @@ class RunSpec(NamedTuple):
 
     Attributes:
       name: the row label of the table and the figures.
-      policy: a :mod:`fpsim.nn` preset name or a :class:`fpsim.nn.Policy`.
+      policy: a :mod:`fpsim.nn` preset name, a :class:`fpsim.nn.Policy`, or a function
+        of no arguments that builds one when training starts (so that :data:`RUNS`
+        stays importable without Flax).
       loss_scaling: wrap Adam in :func:`fpsim.optim.dynamic_loss_scaling` (PyTorch
         GradScaler's rules, growth every ``LOSS_SCALE_GROWTH`` good steps).
       lesson: what the run shows, in one line.
-      recipe: a GEMM-level training recipe (:data:`fpsim.nn.RECIPES` name or a
-        :class:`fpsim.nn.Recipe`): every ``Dense``/``DenseGeneral`` but the head
-        quantizes the operands of its three GEMMs as the recipe says
-        (:func:`fpsim.nn.with_recipe`), on top of ``policy``; None for none.
+      recipe: a GEMM-level training recipe (a :data:`fpsim.nn.RECIPES` name), or None.
+        The run's policy is then ``policy`` with ``recipe`` set and the layers of
+        :data:`RECIPE_SKIP` overridden back to ``policy`` (:func:`run_policy`): every
+        ``Dense``/``DenseGeneral`` but the head quantizes the operands of its three
+        GEMMs as the recipe says, and the step records what that quantization lost.
     """
 
     name: str
@@ -154,6 +155,21 @@ class RunSpec(NamedTuple):
     loss_scaling: bool = False
     lesson: str = ""
     recipe: Any = None
+
+
+def zhao_policy():
+    """``fp16_pure`` with Zhao et al.'s layer-wise adaptive loss scaling (built when
+    training starts: :data:`RUNS` holds no Flax objects)."""
+    import fpsim.nn
+
+    return fpsim.nn.get_policy("fp16_pure").replace(
+        name="fp16_adaptive_zhao", adaptive=fpsim.nn.AdaptiveLossScaling(rule="zhao")
+    )
+
+
+def _recipe_run(name: str, lesson: str) -> RunSpec:
+    # around the GEMMs the network runs in BF16 (bf16_mixed), as Transformer Engine's
+    return RunSpec(name, "bf16_mixed", recipe=name, lesson=lesson)
 
 
 #: The runs, in table order. Add a recipe by adding an entry.
@@ -172,6 +188,11 @@ RUNS: tuple[RunSpec, ...] = (
         lesson="the same casts; the loss times 2^k lifts the gradients into range",
     ),
     RunSpec(
+        "fp16 adaptive (zhao)",
+        zhao_policy,
+        lesson="per-layer scales from gradient and weight statistics (Zhao et al. 2019)",
+    ),
+    RunSpec(
         "fp8 delayed scaling",
         "fp8_hybrid",
         lesson="E4M3/E5M2 with per-tensor scales from an amax history (TE, 2022)",
@@ -181,57 +202,35 @@ RUNS: tuple[RunSpec, ...] = (
         "fp8_naive",
         lesson="the same casts without scales: E5M2 flushes the gradients",
     ),
-    # today's recipes: each GEMM quantizes its two operands (fpsim.nn.RECIPES); around
-    # the GEMMs the network runs in BF16 (bf16_mixed), as Transformer Engine's do
-    RunSpec(
-        "fp8_current",
-        "bf16_mixed",
-        recipe="fp8_current",
-        lesson="E4M3/E5M2, one scale per tensor from its amax now",
+    # today's recipes: each GEMM quantizes its two operands (fpsim.nn.RECIPES)
+    _recipe_run("fp8_current", "E4M3/E5M2, one scale per tensor from its amax now"),
+    _recipe_run(
+        "fp8_blockwise", "E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)"
     ),
-    RunSpec(
-        "fp8_blockwise",
-        "bf16_mixed",
-        recipe="fp8_blockwise",
-        lesson="E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)",
-    ),
-    RunSpec(
-        "mxfp8",
-        "bf16_mixed",
-        recipe="mxfp8",
-        lesson="E4M3 in blocks of 32 with power-of-two scales (OCP MX)",
-    ),
-    RunSpec(
-        "nvfp4",
-        "bf16_mixed",
-        recipe="nvfp4",
-        lesson="E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard",
-    ),
-    RunSpec(
-        "nvfp4_no_rht",
-        "bf16_mixed",
-        recipe="nvfp4_no_rht",
-        lesson="NVFP4 without the random Hadamard transform of the wgrad GEMM",
-    ),
-    RunSpec(
-        "nvfp4_no_sr",
-        "bf16_mixed",
-        recipe="nvfp4_no_sr",
-        lesson="NVFP4 with gradients rounded to nearest: a biased gradient",
-    ),
-    RunSpec(
-        "nvfp4_1d_weights",
-        "bf16_mixed",
-        recipe="nvfp4_1d_weights",
-        lesson="NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
-    ),
-    RunSpec(
-        "mxfp4_naive",
-        "bf16_mixed",
-        recipe="mxfp4_naive",
-        lesson="E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care",
+    _recipe_run("mxfp8", "E4M3 in blocks of 32 with power-of-two scales (OCP MX)"),
+    _recipe_run("nvfp4", "E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard"),
+    _recipe_run(
+        "mxfp4_naive", "E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care"
     ),
 )
+
+#: NVFP4 with one ingredient off: not in the default list (each costs a run as long
+#: as nvfp4's, and at this size none differs measurably from it); ``--runs 'nvfp4*'``.
+ABLATIONS: tuple[RunSpec, ...] = (
+    _recipe_run(
+        "nvfp4_no_rht", "NVFP4 without the random Hadamard transform of the wgrad GEMM"
+    ),
+    _recipe_run(
+        "nvfp4_no_sr", "NVFP4 with gradients rounded to nearest: a biased gradient"
+    ),
+    _recipe_run(
+        "nvfp4_1d_weights",
+        "NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
+    ),
+)
+
+#: Every run ``--runs`` can name.
+ALL_RUNS: tuple[RunSpec, ...] = RUNS + ABLATIONS
 
 LOSS_SCALE_GROWTH = 100
 #: Layers a recipe leaves alone: the head (62 outputs, not a multiple of any block; the
@@ -280,12 +279,12 @@ FAST = dataclasses.replace(DEFAULT, depth=1, steps=80)
 
 
 #: What ``--fast`` runs unless ``--runs`` says otherwise: the classic formats' lesson
-#: in four runs and the recipes' in three.
-FAST_RUNS_NAMES = ("float32", "bf16", "fp16 (no loss scaling)", "fp8 naive", "mxfp8",
-                   "nvfp4", "mxfp4_naive")  # fmt: skip
+#: in three runs and the 4-bit recipes' in two.
+FAST_RUNS_NAMES = ("float32", "fp16 (no loss scaling)", "fp8 naive", "nvfp4",
+                   "mxfp4_naive")  # fmt: skip
 
 
-def select_runs(patterns: str | tuple[str, ...], runs: tuple[RunSpec, ...] = RUNS):
+def select_runs(patterns: str | tuple[str, ...], runs: tuple[RunSpec, ...] = ALL_RUNS):
     """The runs whose names match ``patterns``, in table order.
 
     ``patterns`` is a comma-separated string (``"float32,fp16*,nvfp4*"``) or a tuple
@@ -432,17 +431,21 @@ def layer_order(names) -> list[str]:
 class RunResult(NamedTuple):
     """One training run, recorded step by step (numpy arrays over steps).
 
-    ``flushed`` and ``saturated`` are per layer (``{layer: float[steps]}``);
-    ``scale_log2`` holds the log2 of each delayed per-tensor scale
-    (``{"<layer> grad" | "<layer> input": float[steps]}``, empty for unscaled runs).
+    ``flushed`` and ``saturated`` are per layer (``{layer: float[steps]}``): for a
+    format run from the element casts' statistics, for a recipe run from its GEMMs'
+    quantization (see :func:`step_summary`). ``scale_log2`` holds the log2 of each
+    delayed or adaptive per-tensor scale (``{"<layer> grad" | "<layer> input":
+    float[steps]}``, empty for unscaled runs); ``block_scales`` a recipe's histogram of
+    scale exponents, all layers and steps (``{"activations" | "weights" | "gradients":
+    int64[255]}`` over :data:`fpsim.blocks.EXPONENTS`, empty for a format run).
     """
 
     name: str
     loss: np.ndarray
     loss_scale: np.ndarray
     finite: np.ndarray
-    grads_lost: np.ndarray  # fraction of nonzero activation-gradient values flushed
-    saturated_all: np.ndarray  # fraction of nonzero inputs and gradients that overflowed
+    grads_lost: np.ndarray  # fraction of nonzero gradient values flushed (see table)
+    saturated_all: np.ndarray  # fraction of nonzero values that overflowed / clipped
     flushed: dict[str, np.ndarray]
     saturated: dict[str, np.ndarray]
     scale_log2: dict[str, np.ndarray]
@@ -450,6 +453,7 @@ class RunResult(NamedTuple):
     seconds: float
     compile_seconds: float
     recipe: str | None = None  # the GEMM recipe's name, None for a policy-only run
+    block_scales: dict[str, np.ndarray] = {}
 
 
 def _overflow_and_nonzero(st):
@@ -457,14 +461,68 @@ def _overflow_and_nonzero(st):
     return c.overflow, c.underflow + c.subnormal + c.normal + c.overflow
 
 
+#: A recipe's six GEMM operands by what they hold (the scale histogram's groups); the
+#: gradients are the output gradient ``g`` as the input- and weight-gradient GEMMs
+#: quantize it (along the outputs and along the tokens).
+OPERANDS = {
+    "activations": ("fprop_x", "wgrad_x"),
+    "weights": ("fprop_w", "dgrad_w"),
+    "gradients": ("dgrad_g", "wgrad_g"),
+}
+
+
+def _pooled(summaries, field: str):
+    """Of the summaries' nonzero elements together, the fraction ``field`` counts."""
+    import jax.numpy as jnp
+
+    n = sum(s.nonzero.astype(jnp.float32) for s in summaries)
+    hit = sum(getattr(s, field) * s.nonzero.astype(jnp.float32) for s in summaries)
+    return hit, n
+
+
+def _recipe_summary(recipe_stats) -> dict:
+    """Per layer and pooled: gradient elements flushed (``dgrad_g``, ``wgrad_g``),
+    elements of all six operands clipped at their block's max, scale histograms."""
+    import jax.numpy as jnp
+
+    flushed, saturated = {}, {}
+    lost = jnp.zeros(2, jnp.float32)  # (flushed, nonzero), all layers
+    clipped = jnp.zeros(2, jnp.float32)
+    hist = {k: jnp.zeros(255, jnp.int32) for k in OPERANDS}
+    for layer, rs in recipe_stats.items():
+        grads = [getattr(rs, f) for f in OPERANDS["gradients"]]
+        every = [getattr(rs, f) for fs in OPERANDS.values() for f in fs]
+        hit, n = _pooled(grads, "underflow")
+        flushed[layer] = hit / jnp.maximum(n, 1)
+        lost = lost + jnp.stack([hit, n])
+        hit, n = _pooled(every, "saturated")
+        saturated[layer] = hit / jnp.maximum(n, 1)
+        clipped = clipped + jnp.stack([hit, n])
+        for kind, fields in OPERANDS.items():
+            for f in fields:
+                hist[kind] = hist[kind] + getattr(rs, f).exponent_counts
+    return {
+        "grad_underflow": lost[0] / jnp.maximum(lost[1], 1),
+        "flushed": flushed,
+        "saturated": saturated,
+        "saturated_all": clipped[0] / jnp.maximum(clipped[1], 1),
+        "scale_log2": {},
+        "block_scales": hist,
+    }
+
+
 def step_summary(metrics) -> dict:
     """The few numbers per step the demo keeps (computed inside jit, so the per-layer
-    histograms never leave the device)."""
+    histograms never leave the device). With ``metrics["recipe"]`` (a recipe run) the
+    statistics are the recipe GEMMs' (:func:`_recipe_summary`), else the element
+    casts' (``metrics["layers"]``)."""
     import jax.numpy as jnp
 
     from fpsim.nn._stats import nonzero_fraction_lost
 
     out = {k: metrics[k] for k in ("loss", "loss_scale", "finite", "grad_underflow")}
+    if "recipe" in metrics:
+        return {**out, **_recipe_summary(metrics["recipe"])}
     flushed, saturated, scales = {}, {}, {}
     over_all = jnp.zeros((), jnp.int32)
     nonzero_all = jnp.zeros((), jnp.int32)
@@ -485,7 +543,23 @@ def step_summary(metrics) -> dict:
     out["saturated"] = saturated
     out["saturated_all"] = over_all / jnp.maximum(nonzero_all, 1)
     out["scale_log2"] = scales
+    out["block_scales"] = {}
     return out
+
+
+def run_policy(spec: RunSpec):
+    """The :class:`fpsim.nn.Policy` a run trains under: ``spec.policy`` (built, if a
+    function), with ``spec.recipe`` set and :data:`RECIPE_SKIP` overridden back to the
+    policy without it (e.g. ``get_policy("bf16_mixed").replace(name="nvfp4",
+    recipe="nvfp4").with_overrides(("head", "bf16_mixed"))``)."""
+    import fpsim.nn
+
+    base = spec.policy() if callable(spec.policy) else spec.policy
+    base = fpsim.nn.get_policy(base)
+    if spec.recipe is None:
+        return base
+    recipe = base.replace(name=spec.name, recipe=spec.recipe)
+    return recipe.with_overrides(*((layer, base) for layer in RECIPE_SKIP))
 
 
 def _optimizer(spec: RunSpec, config: LMConfig):
@@ -501,7 +575,11 @@ def _optimizer(spec: RunSpec, config: LMConfig):
 
 
 def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunResult:
-    """Train one run of the demo and record it."""
+    """Train one run of the demo and record it.
+
+    A recipe run's step collects the recipe's GEMM statistics only (``watch=False,
+    recipe_stats=True``: the element casts around the GEMMs are BF16's, which flush
+    and clip nothing here); a format run's the element casts' statistics."""
     import jax
     import jax.numpy as jnp
 
@@ -509,10 +587,13 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
 
     data = corpus()
     model = make_model(data.vocab, config)
-    if spec.recipe is not None:
-        model = fpsim.nn.with_recipe(model, spec.recipe, skip=RECIPE_SKIP, seed=seed)
+    policy = run_policy(spec)
     optimizer, loss_scale = _optimizer(spec, config)
-    ts = fpsim.nn.make_train_step(model, spec.policy, optimizer, loss_scale=loss_scale)
+    recipe = spec.recipe is not None
+    ts = fpsim.nn.make_train_step(
+        model, policy, optimizer, loss_scale=loss_scale, watch=not recipe,
+        recipe_stats=recipe,
+    )  # fmt: skip
     step = jax.jit(lambda s, b: (lambda s2, m: (s2, step_summary(m)))(*ts.step(s, b)))
     rng = np.random.default_rng(seed)
     hi = len(data.train) - config.context - 1
@@ -535,7 +616,7 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         rows.append(summary)
         if progress is not None:
             progress.update(1)
-    held_out = _held_out_loss(ts, spec.policy, state, data, config)
+    held_out = _held_out_loss(ts, policy, state, data, config)
 
     def series(key):
         return np.asarray([r[key] for r in rows], np.float64)
@@ -544,27 +625,26 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         names = layer_order(rows[0][key])
         return {k: np.asarray([r[key][k] for r in rows], np.float64) for k in names}
 
-    if spec.recipe is None:
-        lost, saturated_all = series("grad_underflow"), series("saturated_all")
-        flushed, saturated = per_layer("flushed"), per_layer("saturated")
-        scales = {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)}
-    else:  # the policy's statistics do not see the quantization inside the GEMMs
-        lost = saturated_all = np.full(config.steps, np.nan)
-        flushed, saturated, scales = {}, {}, {}
+    scales = {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)}
+    block_scales = {
+        k: np.sum([r["block_scales"][k] for r in rows], axis=0, dtype=np.int64)
+        for k in rows[0]["block_scales"]
+    }
     return RunResult(
         spec.name,
         series("loss"),
         series("loss_scale"),
         np.asarray([bool(r["finite"]) for r in rows]),
-        lost,
-        saturated_all,
-        flushed,
-        saturated,
+        series("grad_underflow"),
+        series("saturated_all"),
+        per_layer("flushed"),
+        per_layer("saturated"),
         scales,
         held_out,
         seconds,
         compile_seconds,
         None if spec.recipe is None else fpsim.nn.get_recipe(spec.recipe).name,
+        block_scales,
     )
 
 
@@ -665,13 +745,22 @@ def summary_table(results, entropy: float | None = None) -> str:
         "  exp (perplexity); vs fp32: perplexity divided by float32's.",
         f"  For scale: the character frequencies alone give {entropy:.3f} "
         f"(perplexity {math.exp(entropy):.1f}).",
-        "grads lost: activation-gradient values flushed to zero in the backward pass, as",
-        "  a share of the nonzero values, all layers, mean over the last quarter of steps.",
-        "saturated: layer inputs and activation gradients that overflowed the format",
-        "  (clamped to +-max, or inf/NaN), as a share of the nonzero values, same steps.",
+        "grads lost: gradient values flushed to zero, as a share of the nonzero ones,",
+        "  all layers pooled, mean over the last quarter of steps. Format runs: the",
+        "  activation gradients at the casts of the backward pass. Recipe runs: the",
+        "  output gradient as the input- and weight-gradient GEMMs quantize it (flushed",
+        "  by its block's scale; the casts around the GEMMs are BF16's).",
+        "saturated: format runs: layer inputs and activation gradients that overflowed",
+        "  the format (clamped to +-max, or inf/NaN); recipe runs: elements of the six",
+        "  GEMM operands clipped at their block's max; share of the nonzero, same steps.",
         "skipped: steps the loss scaler rejected because a gradient overflowed.",
         "time: training loop after compilation (fpsim simulates formats in software).",
     ]
+    if not any(r.name in {a.name for a in ABLATIONS} for r in results):
+        lines.append(
+            "NVFP4 ablations (" + ", ".join(a.name for a in ABLATIONS) + "): "
+            "--runs 'nvfp4*'."
+        )
     return "\n".join(lines)
 
 
@@ -679,18 +768,22 @@ def summary_table(results, entropy: float | None = None) -> str:
 # figures
 # --------------------------------------------------------------------------------------
 def scale_exponents(r: RunResult) -> dict[str, np.ndarray]:
-    """The scale exponents a run used, by kind of tensor (the histogram figure's data).
+    """The scale exponents a run used, by kind of tensor (the histogram figure's data):
+    ``{kind: int64[255]}``, counts over :data:`fpsim.blocks.EXPONENTS` (-127..127).
 
-    Today: log2 of the per-tensor delayed scales of layer inputs and activation
-    gradients, all layers and steps pooled (``{"input": ..., "grad": ...}``; empty for
-    runs without scales). This is the hook for block-scaled recipes: a recipe whose
-    statistics carry per-block scale exponents adds them here under its own key.
+    A format run with per-tensor scales (delayed, adaptive): the exponent
+    (``floor(log2)``) of every layer's input and activation-gradient scale, one count
+    per tensor and step (``"input"``, ``"grad"``). A recipe run: the exponent of every
+    block's scale, all layers and steps (``"activations"``, ``"weights"``,
+    ``"gradients"``: :data:`OPERANDS`). Empty for a run without scales.
     """
-    out: dict[str, list] = {}
+    out: dict[str, np.ndarray] = {}
     for key, values in r.scale_log2.items():
         kind = key.rsplit(" ", 1)[-1]
-        out.setdefault(kind, []).append(values)
-    return {k: np.concatenate(v) for k, v in out.items()}
+        e = np.clip(np.floor(values), -127, 127).astype(np.int64) + 127
+        out[kind] = out.get(kind, 0) + np.bincount(e, minlength=255)
+    out.update({k: v for k, v in r.block_scales.items() if v.sum()})
+    return out
 
 
 def _heatmaps(results, field: str, label: str, title: str, empty: str):
@@ -704,17 +797,25 @@ def _heatmaps(results, field: str, label: str, title: str, empty: str):
         ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
         ax.set_title(title)
         return fig
-    rows = len(getattr(shown[0], field))
-    fig, axes = new_figure((9, (0.22 * rows + 1.6) * len(shown)), rows=len(shown))
-    for ax, r in zip(axes, shown, strict=True):
+    rows = max(len(getattr(r, field)) for r in shown)
+    cols = 1 if len(shown) < 3 else 2  # two columns keep a long list readable
+    panels = -(-len(shown) // cols)
+    fig, _ = new_figure((9 * cols, (0.18 * rows + 1.5) * panels))
+    fig.clear()
+    axes = fig.subplots(panels, cols, squeeze=False).ravel()
+    for ax in axes[len(shown) :]:
+        ax.remove()
+    for ax, r in zip(axes, shown, strict=False):
         top = max(float(np.max(v)) for v in getattr(r, field).values())
+        where = "recipe GEMMs" if r.recipe is not None else "casts"
         fpsim.plot.underflow_heatmap(
             getattr(r, field),
             ax=ax,
             label=label,
-            title=f"{r.name}: {title} (colours up to {_share(top)})",
+            title=f"{r.name} ({where}): colours up to {_share(top)}",
         )
         ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title)
     return fig
 
 
@@ -790,35 +891,56 @@ def figures(results) -> dict[str, Any]:
         results,
         "flushed",
         "share of nonzero\ngradient values\nflushed to zero",
-        "activation gradients flushed per layer",
-        "no run flushed any activation gradient to zero",
+        "Gradients flushed to zero per layer: activation gradients at the casts "
+        "(format runs),\nthe output gradient in the input- and weight-gradient GEMMs "
+        "(recipe runs)",
+        "no run flushed any gradient to zero",
     )
     out["lm_saturated_per_layer.png"] = _heatmaps(
         results,
         "saturated",
-        "share of nonzero\ninputs and gradients\nthat overflowed",
-        "inputs and gradients saturated per layer",
-        "no run saturated (overflowed) any layer input or activation gradient",
+        "share of nonzero\nvalues that\noverflowed",
+        "Values saturated per layer: inputs and activation gradients at the casts "
+        "(format runs),\nthe six GEMM operands clipped at their block's max (recipe "
+        "runs)",
+        "no run saturated (overflowed) any value",
     )
     scaled = [(r, scale_exponents(r)) for r in results]
     scaled = [(r, e) for r, e in scaled if e]
     if scaled:
-        fig, axes = new_figure((8, 3.2 * len(scaled)), rows=len(scaled))
-        for ax, (r, exps) in zip(axes, scaled, strict=True):
-            lo = math.floor(min(v.min() for v in exps.values()))
-            hi = math.ceil(max(v.max() for v in exps.values())) + 1
-            bins = np.arange(lo, hi + 1)
-            for i, (kind, v) in enumerate(sorted(exps.items())):
+        fig, axes = new_figure((8, 2.6 * len(scaled)), rows=len(scaled))
+        from fpsim.blocks import EXPONENTS
+
+        exps = np.asarray(EXPONENTS)
+        for ax, (r, hists) in zip(axes, scaled, strict=True):
+            used = np.flatnonzero(sum(hists.values()))
+            bins = np.arange(exps[used[0]], exps[used[-1]] + 2)
+            for i, (kind, counts) in enumerate(hists.items()):
                 s = fpsim.plot.style(i)
                 ax.hist(
-                    v, bins=bins, histtype="step", linewidth=1.6, color=s["color"],
-                    linestyle=s["linestyle"], label=f"{kind} scales ({v.size})",
+                    exps, bins=bins, weights=counts, histtype="step", linewidth=1.6,
+                    color=s["color"], linestyle=s["linestyle"],
+                    label=f"{kind} ({int(counts.sum()):,})",
                 )  # fmt: skip
             ax.xaxis.set_major_formatter(fpsim.plot.pow2_formatter(base_is_log2=True))
             ax.set_xlabel("scale (binned by its exponent)")
-            ax.set_ylabel("tensors x steps")
-            ax.set_title(f"{r.name}: the per-tensor scales it chose")
-            ax.legend(fontsize=9)
+            if r.recipe is not None and exps[used[0]] == -127:
+                ax.set_xlabel("scale (binned by its exponent; 2^-127: all-zero blocks)")
+            if r.recipe is None:
+                ax.set_ylabel("tensors x steps")
+                ax.set_title(f"{r.name}: the per-tensor scales it chose")
+            else:
+                import fpsim.nn
+
+                bfmt = fpsim.nn.get_recipe(r.recipe).activation
+                ax.set_ylabel("tensors x steps" if bfmt.per_tensor else "blocks x steps")
+                ax.set_title(
+                    f"{r.name}: the {bfmt.scale.name.upper()} "
+                    f"{'per-tensor' if bfmt.per_tensor else 'block'} scales of its GEMM "
+                    "operands" + (" (tensor scale left out)" if bfmt.tensor_scale else "")
+                )
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
         out["lm_scale_exponents.png"] = fig
     return out
 
