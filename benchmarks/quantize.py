@@ -1,6 +1,9 @@
 """Throughput of fpsim.quantize against XLA's native conversions and ml_dtypes.
 
-Run: python benchmarks/quantize.py [--log2n 24] [--repeats 9] [--sr-only]
+Run: python benchmarks/quantize.py [--log2n 24] [--repeats 9] [--sr-only] [--eager-only]
+
+The last table is the cost of one eager call on 1000 values (``timeit``, median of 5 x
+200 calls) against a trivial jitted call in the same run (issue 13: at most 20 us).
 
 Every figure is the median of --repeats timed runs after a warm-up, measured in this one
 run, so ratios compare like with like on whatever machine this is.
@@ -43,7 +46,10 @@ def main() -> None:
     p.add_argument("--log2n", type=int, default=24)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--sr-only", action="store_true", help="only the stochastic rounding")
+    p.add_argument("--eager-only", action="store_true", help="only the eager calls")
     args = p.parse_args()
+    if args.eager_only:
+        return eager()
     n = 1 << args.log2n
     rng = np.random.default_rng(0)
     host = (rng.standard_normal(n) * np.exp2(rng.uniform(-30, 20, n))).astype(np.float32)
@@ -93,6 +99,30 @@ def main() -> None:
         label = "exact" if rb is None else f"random_bits={rb}"
         print(f"stochastic {label:13} {rate(sr):8.0f} M/s   rng='hash': "
               f"{sr / nearest:.2f}x nearest")  # fmt: skip
+    eager()
+
+
+def eager() -> None:
+    """Microseconds per eager ``fpsim.quantize`` call on 1000 float32 values."""
+    import timeit
+
+    x = jax.device_put(np.linspace(-3, 3, 1000, dtype=np.float32))
+    trivial = jax.jit(lambda v: v * 2)
+    calls = {"jitted x * 2": lambda: trivial(x)}
+    calls |= {f"quantize {f}": lambda f=f: fpsim.quantize(x, f) for f in NATIVE}
+    for fn in calls.values():  # compile and warm up
+        for _ in range(20):
+            jax.block_until_ready(fn())
+    times = {k: [] for k in calls}
+    for _ in range(5):  # interleaved, so load drifts hit all alike
+        for k, fn in calls.items():
+            t = timeit.timeit(lambda fn=fn: jax.block_until_ready(fn()), number=200)
+            times[k].append(t / 200 * 1e6)
+    base = statistics.median(times["jitted x * 2"])
+    print("\n# eager call on 1000 float32 values (median of 5 x 200 calls)")
+    for k, ts in times.items():
+        us = statistics.median(ts)
+        print(f"{k:16} {us:7.1f} us  {us / base:5.2f}x the trivial jitted call")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ _NAMES: dict[str, str] = {
     "get_accumulator": "fpsim.numerics",
     "tc_dot_general": "fpsim.numerics",
     "tc_matmul": "fpsim.numerics",
+    "tc_scaled_matmul": "fpsim.numerics",
 }
 
 #: Subpackages, loaded as attributes on first use (``fpsim.nn``, ``fpsim.plot``, ...).
@@ -206,6 +207,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same table as _NAMES
         quantizer,
         tc_dot_general,
         tc_matmul,
+        tc_scaled_matmul,
     )
     from fpsim.rounding import (
         ROUNDING_MODES,

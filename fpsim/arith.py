@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from fpsim import _bits, _keys
 from fpsim.formats import Format
-from fpsim.rounding import quantize
+from fpsim.rounding import quantize, quantize_result
 
 
 def covers(fmt: Format, c: _bits.Carrier) -> bool:
@@ -143,15 +143,6 @@ def _exact_stochastic(a, b, fmt: Format, key, saturate: bool = False) -> jax.Arr
     return quantize(x, fmt, "stochastic", key=key, saturate=saturate)
 
 
-def _is_ieee_fp16(fmt: Format) -> bool:
-    return (fmt.exponent_bits, fmt.mantissa_bits, fmt.emin, fmt.convention) == (
-        5,
-        10,
-        -14,
-        "ieee",
-    )
-
-
 def check_exact_sum(fmt: Format, rounding: str, c: _bits.Carrier = _bits.F32) -> None:
     """Raise unless :func:`add_round` rounds sums to ``fmt`` exactly in ``rounding``.
 
@@ -172,13 +163,23 @@ def check_exact_sum(fmt: Format, rounding: str, c: _bits.Carrier = _bits.F32) ->
     )
 
 
+def double_rounding_innocuous(fmt: Format, rounding: str, c: _bits.Carrier) -> bool:
+    """Whether ``quantize(a + b, fmt)`` *is* ``fmt(a + b)`` for ``a``, ``b`` on ``fmt``'s
+    grid: round to nearest, and ``fmt`` has ``p <= (P + 1 - 2) / 2`` significant bits
+    against the carrier's ``P + 1`` (Figueroa 1995: ``2p + 2`` carrier bits suffice;
+    every format of at most 10 mantissa bits in float32, FP16 and BF16 included)."""
+    return rounding == "nearest" and 2 * (fmt.mantissa_bits + 1) + 2 <= c.mant + 1
+
+
 def add_round(a, b, fmt: Format, rounding: str = "nearest", key=None, *,
-              saturate: bool = False) -> jax.Array:  # fmt: skip
+              saturate: bool = False, on_grid: bool = False) -> jax.Array:  # fmt: skip
     """``fmt(a + b)``: the exact sum of two carrier values, rounded once to ``fmt``.
 
     ``rounding="stochastic"`` needs ``key``; it draws with ``key`` and with
     ``fpsim._keys.derive(key, 1)``. ``saturate`` clamps overflow to +-max, as in
-    :func:`fpsim.quantize`.
+    :func:`fpsim.quantize`. ``on_grid=True`` promises that ``a`` and ``b`` are values of
+    ``fmt`` already (a Kahan step, a level of a pairwise tree): rounding to nearest then
+    needs no TwoSum where :func:`double_rounding_innocuous` (the same bits, cheaper).
 
     Raises:
       ValueError: where that is not possible in the carrier (see
@@ -191,11 +192,11 @@ def add_round(a, b, fmt: Format, rounding: str = "nearest", key=None, *,
     check_exact_sum(fmt, rounding, c)
     if rounding == "stochastic":
         return _exact_stochastic(a, b, fmt, key, saturate)
-    if rounding == "nearest" and not saturate and c == _bits.F32 and _is_ieee_fp16(fmt):
-        # XLA's own float32 -> float16 conversion rounds to nearest even, subnormals
-        # included: the same bits as quantize, at a fraction of the cost in a long scan
-        return sum_to_odd(a, b).astype(jnp.float16).astype(jnp.float32)
-    return quantize(sum_to_odd(a, b), fmt, rounding, saturate=saturate)
+    # the carrier values rounded are sums: their NaNs are quiet (quantize_result), and
+    # for FP16 and BF16 to nearest the rounding is XLA's own conversion
+    if on_grid and double_rounding_innocuous(fmt, rounding, c):
+        return quantize_result(a + b, fmt, rounding, saturate=saturate)
+    return quantize_result(sum_to_odd(a, b), fmt, rounding, saturate=saturate)
 
 
 def sub_round(a, b, fmt: Format, rounding: str = "nearest", key=None) -> jax.Array:

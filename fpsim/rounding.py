@@ -21,6 +21,10 @@ How it works (all integer arithmetic on the bits, see ``fpsim._bits``):
    FP8 formats) or to max (FP6/FP4, or ``saturate=True``); flush of subnormal results
    (``subnormals=False``); no negative zero in "fnuz" formats; NaN bits as ml_dtypes.
 
+Round to nearest FP16 and BF16 (no saturation, subnormals kept) takes a shortcut with
+the same bits: XLA's own float32 -> float16/bfloat16 -> float32 conversion, one or a
+few instructions instead of the integer steps (see :data:`NATIVE_NEAREST`).
+
 What each mode does at steps 3 and 5 (which way the magnitude steps, where overflow
 goes) is read from one table, :data:`fpsim._modes.MODES`. Host float64 data (x64 off)
 is rounded once, exactly, in float64 on the host before step 1, so that no format
@@ -245,8 +249,69 @@ def _overflows(mode: RoundingMode, neg):
     return neg if ov_neg else ~neg
 
 
+#: The formats whose round to nearest (ties to even, overflow to inf, gradual underflow)
+#: XLA's own float32 -> ``dtype`` -> float32 conversion computes bit for bit, NaNs
+#: included except where :data:`QUIETS_SIGNALLING_NAN`: tested per value over millions
+#: of bit patterns (subnormals, ties, overflow, inf, NaN payloads) in
+#: ``tests/test_quantize_native.py``. On CPU it is one instruction pair for float16
+#: (F16C) and a few for bfloat16, cheaper inside a fused loop than the general integer
+#: rounding below. XLA's FP8 conversions (e4m3fn, e5m2) are exact too (tested) but
+#: slower than the integer rounding on CPU, so they are not used.
+NATIVE_NEAREST: dict[str, jnp.dtype] = {
+    "float16": jnp.dtype(jnp.float16),
+    "bfloat16": jnp.dtype(jnp.bfloat16),
+}
+#: Conversions that quiet a signalling NaN (set the top payload bit, as x86's
+#: ``vcvtps2ph`` does) where ml_dtypes, and so ``quantize``, keep the top payload bits as
+#: they are: a guard puts fpsim's NaN back. A *quiet* NaN converts to the same bits
+#: either way, and every NaN that float arithmetic produces is quiet (IEEE 754 section
+#: 6.2), so :func:`quantize_result` skips the guard.
+QUIETS_SIGNALLING_NAN = frozenset({"float16"})
+
+
+def native_dtype(
+    fmt: Format, rounding: str, saturate: bool = False, subnormals: bool = True,
+    dtype=jnp.float32,
+) -> jnp.dtype | None:  # fmt: skip
+    """The narrow dtype whose conversion is ``quantize(x, fmt, rounding, ...)`` on
+    float32 ``x`` (NaN payloads aside), or None where only the integer rounding is."""
+    if rounding != "nearest" or saturate or not subnormals or dtype != jnp.float32:
+        return None
+    return NATIVE_NEAREST.get(fmt.dtype_name)
+
+
+def _round_native(x, fmt: Format, narrow: jnp.dtype, quiet_nans: bool = False):
+    """Round to nearest by XLA's conversion; NaN inputs get fpsim's NaN bits (a guard
+    for signalling NaNs, unless ``quiet_nans`` promises there are none)."""
+    if narrow == jnp.bfloat16:
+        # widen by moving the bits, not by a second conversion: under jit XLA's CPU
+        # pipeline (SimplifyFPConversions, with xla_allow_excess_precision on by
+        # default) deletes an f32 -> bf16 -> f32 conversion pair, and a reduction fed
+        # by it (``max(quantize(x))``) would then see the unrounded x
+        b = lax.bitcast_convert_type(x.astype(narrow), jnp.uint16).astype(jnp.uint32)
+        y = lax.bitcast_convert_type(b << 16, jnp.float32)
+    else:
+        y = x.astype(narrow).astype(x.dtype)
+    if quiet_nans or fmt.dtype_name not in QUIETS_SIGNALLING_NAN:
+        return y
+    c = _bits.carrier_of(x.dtype)
+    bits = c.to_bits(x)
+    nan = c.from_bits(_nan_bits(bits, bits & c.uint(c.sign_mask), fmt, c))
+    is_nan = (bits & c.uint(c.abs_mask)) > c.uint(c.inf_bits)
+    return jnp.where(is_nan, nan, y)
+
+
 def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals: bool,
+                random_bits: int | None, quiet_nans: bool = False):  # fmt: skip
+    narrow = native_dtype(fmt, rounding, saturate, subnormals, x.dtype)
+    if narrow is not None:
+        return _round_native(x, fmt, narrow, quiet_nans)
+    return _round_bits(x, rand, fmt, rounding, saturate, subnormals, random_bits)
+
+
+def _round_bits(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals: bool,
                 random_bits: int | None):  # fmt: skip
+    """The integer rounding on the carrier's bits, every format and mode (steps 1-5)."""
     mode = get_mode(rounding)
     c = _bits.carrier_of(x.dtype)
     u = c.uint
@@ -324,21 +389,26 @@ def _round_core(x, rand, fmt: Format, rounding: str, saturate: bool, subnormals:
     return c.from_bits(out)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits):
-    return _round_core(x, rand, fmt, rounding, saturate, subnormals, random_bits)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits,
+                  quiet_nans=False):  # fmt: skip
+    opts = (saturate, subnormals, random_bits, quiet_nans)
+    return _round_core(x, rand, fmt, rounding, *opts)
 
 
 @_quantize_ste.defjvp
-def _quantize_ste_jvp(fmt, rounding, saturate, subnormals, random_bits, primals, tangents):
+def _quantize_ste_jvp(fmt, rounding, saturate, subnormals, random_bits, quiet_nans,
+                      primals, tangents):  # fmt: skip
     x, rand = primals
-    out = _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits)
+    out = _quantize_ste(x, rand, fmt, rounding, saturate, subnormals, random_bits,
+                        quiet_nans)  # fmt: skip
     return out, tangents[0]  # straight-through: d quantize(x) / dx := 1
 
 
 @functools.lru_cache(maxsize=512)
 def _rounder(fmt: Format, rounding: str, saturate: bool, subnormals: bool,
-             random_bits: int | None, rng: str = "threefry"):  # fmt: skip
+             random_bits: int | None, rng: str = "threefry",
+             quiet_nans: bool = False):  # fmt: skip
     """The jitted rounding for one (format, mode, options): built once, then reused.
 
     Deterministic modes take only ``x``; stochastic rounding takes ``(x, rand)`` with
@@ -350,7 +420,7 @@ def _rounder(fmt: Format, rounding: str, saturate: bool, subnormals: bool,
     static = (fmt, rounding, saturate, subnormals, random_bits)
     if get_mode(rounding).deterministic:
         no_rand = np.zeros((), np.uint8)
-        return jax.jit(lambda x: _quantize_ste(x, no_rand, *static))
+        return jax.jit(lambda x: _quantize_ste(x, no_rand, *static, quiet_nans))
     if rng == "hash":
 
         def hashed(x, kd):
@@ -490,6 +560,23 @@ def quantize(
         return _rounder(fmt, rounding, saturate, subnormals, random_bits, rng)(x, kd)
     rand = _random_words(key, x.shape, _bits.carrier_of(x.dtype), random_bits)
     return _rounder(fmt, rounding, saturate, subnormals, random_bits)(x, rand)
+
+
+def quantize_result(x: jax.Array, fmt: Format, rounding: str = "nearest", *,
+                    saturate: bool = False) -> jax.Array:  # fmt: skip
+    """``quantize(x, fmt, rounding, saturate=saturate)`` for a float32 ``x`` that float
+    arithmetic computed (a sum, a product): the same bits, a little cheaper.
+
+    A NaN such an ``x`` holds is quiet (IEEE 754 section 6.2: an operation on NaNs
+    delivers a quiet NaN), and only a signalling NaN needs the guard that keeps
+    ``quantize``'s NaN bits on the float16 fast path (:data:`QUIETS_SIGNALLING_NAN`).
+    Deterministic modes; anything else is :func:`quantize`.
+    """
+    fmt = get_format(fmt)
+    if not get_mode(rounding).deterministic or fmt.convention == "fnu":
+        return quantize(x, fmt, rounding, saturate=saturate)
+    x = as_float_array(x, fmt, rounding)
+    return _rounder(fmt, rounding, saturate, True, None, quiet_nans=True)(x)
 
 
 # --------------------------------------------------------------------------------------

@@ -60,7 +60,11 @@ def cut(x: Fraction, unit: Fraction, mode: str) -> Fraction:
 
 
 def group_step(c: Fraction, pairs, model, inputs: fpsim.Format) -> Fraction:
-    """One fused step of ``model``: ``c`` plus the products of ``pairs``."""
+    """One fused step of ``model``: ``c`` plus the products of ``pairs``.
+
+    An accumulator that overflowed to infinity (rounding to nearest) stays there."""
+    if isinstance(c, float):
+        return c
     terms = []
     for a, b in pairs:
         a, b = Fraction(a), Fraction(b)
@@ -80,11 +84,17 @@ def group_step(c: Fraction, pairs, model, inputs: fpsim.Format) -> Fraction:
         if model.sticky:
             t += (unit / 2) * (1 if x > 0 else -1) * (t != x)
         total += t
-    return Fraction(round_to(total, model.accumulator, model.rounding))
+    out = round_to(total, model.accumulator, model.rounding)
+    return out if math.isinf(out) else Fraction(out)
 
 
-def dot(a, b, model, inputs) -> float:
-    """The model's dot product of two sequences of floats (on ``inputs``'s grid)."""
+def dot(a, b, model, inputs, scales=None) -> float:
+    """The model's dot product of two sequences of floats (on ``inputs``'s grid).
+
+    ``scales``: None, or one ``(scale_a, scale_b)`` pair per chunk (a scaled GEMM): the
+    chunk's result ``c`` becomes ``fl32(fl32(scale_a * scale_b) * c)`` before it is
+    promoted (or returned, without promotion).
+    """
     k = len(a)
     chunk = model.promote_every or max(k, 1)
     n = model.group_size
@@ -94,6 +104,10 @@ def dot(a, b, model, inputs) -> float:
         for g in range(s, min(s + chunk, k), n):
             end = min(g + n, s + chunk, k)
             c = group_step(c, list(zip(a[g:end], b[g:end], strict=True)), model, inputs)
+        if scales is not None:
+            sa, sb = scales[s // chunk]
+            s_ab = Fraction(round_to(Fraction(sa) * Fraction(sb), F32, "nearest"))
+            c = Fraction(round_to(s_ab * c, F32, "nearest"))
         if model.promote_every is None:
             return float(c)
         total = Fraction(round_to(total + c, F32, "nearest"))

@@ -81,3 +81,8 @@ def ax():
     fig = Figure()
     yield fig.add_subplot()
     fig.clear()
+
+
+# the fixture generators import torch, torchao and gfloat, which are not dependencies:
+# they are scripts, not tests (collected only because --doctest-modules reads every module)
+collect_ignore_glob = ["fixtures/*"]

@@ -303,19 +303,57 @@ def test_native_order_narrow_accumulator_rounds_once():
     assert float(fpsim.lp_sum(x, accum="fp16", order="sequential")) == 2048.0
 
 
-def test_fp16_fast_path_equals_quantize():
-    """add_round to FP16 uses XLA's float16 conversion after round-to-odd: it must give
-    quantize's bits on ties, subnormals, overflow and NaN alike."""
+@pytest.mark.parametrize("fmt", [fpsim.FP16, fpsim.BF16, fpsim.E4M3, fpsim.E5M2,
+                                 fpsim.E2M1], ids=str)  # fmt: skip
+@pytest.mark.parametrize("saturate", [False, True])
+def test_add_round_on_grid_is_the_exact_rounding(fmt, saturate):
+    """Sums of two values of fmt rounded straight from float32 (``on_grid=True``, no
+    TwoSum: double rounding is innocuous for p <= 11 in float32) give add_round's bits:
+    every pair of FP8/FP4 values; for FP16 and BF16 200,000 random pairs and the pairs
+    around ties, overflow and subnormals."""
     from conftest import assert_bits_equal
 
-    from fpsim.arith import add_round, sum_to_odd
+    from fpsim.arith import add_round
 
-    rng = np.random.default_rng(5)
-    n = 200_000
-    a = (rng.standard_normal(n) * 2.0 ** rng.integers(-30, 17, n)).astype(np.float32)
-    b = (rng.standard_normal(n) * 2.0 ** rng.integers(-40, 17, n)).astype(np.float32)
-    a[:6] = [2048.0, 65504.0, 65520.0, 2.0**-24, 2.0**-25, np.nan]
-    b[:6] = [1.0 + 2.0**-20, 16.0, -(2.0**-30), 2.0**-26, 2.0**-40, 1.0]
-    got = add_round(jnp.asarray(a), jnp.asarray(b), fpsim.FP16)
-    want = fpsim.quantize(sum_to_odd(jnp.asarray(a), jnp.asarray(b)), fpsim.FP16)
+    vals = fpsim.all_values(fmt)
+    vals = vals[~np.isnan(vals)].astype(np.float32)
+    if vals.size <= 512:  # every pair
+        a, b = (v.ravel() for v in np.meshgrid(vals, vals))
+    else:
+        rng = np.random.default_rng(5)
+        a, b = rng.choice(vals, 200_000), rng.choice(vals, 200_000)
+        ulp = np.asarray(fpsim.ulp(a, fmt))
+        b[:50_000] = ulp[:50_000] / 2  # ties: half an ulp of a (when on the grid)
+        b[50_000:60_000] = fmt.min_subnormal
+        a[60_000:70_000] = fmt.max
+    b = np.asarray(fpsim.quantize(b, fmt))
+    assert np.isin(a, vals).all() and np.isin(b[np.isfinite(b)], vals).all()
+    got = add_round(jnp.asarray(a), jnp.asarray(b), fmt, saturate=saturate, on_grid=True)
+    want = add_round(jnp.asarray(a), jnp.asarray(b), fmt, saturate=saturate)
     assert_bits_equal(got, want)
+
+
+def test_pairwise_in_blocks_and_row_tiles_is_the_whole_tree(monkeypatch):
+    """The pairwise tree summed 16 terms at a time, over tiles of lhs rows (padded at
+    the end), gives the bits of the tree over all terms at once (stochastic rounding,
+    which is never tiled, builds the whole tree)."""
+    import fpsim.numerics._accumulate as acc
+    import fpsim.numerics._dot as dot
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 37, 70)) * 2.0 ** rng.integers(-8, 8, (3, 37, 70))
+    b = rng.standard_normal((3, 70, 40))
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    spec = dict(inputs="fp16", accum="bf16", order="pairwise")
+    monkeypatch.setattr(dot, "PAIRWISE_TILE_BYTES", 16 * 4 * 3 * 40 * 5)  # 5 rows
+    assert dot._pairwise_rows("pairwise", None, 3, 37, 70, 40) == 5
+    tiled = fpsim.lp_matmul(a, b, **spec)
+    monkeypatch.setattr(dot, "PAIRWISE_TILE_BYTES", 1 << 40)
+    monkeypatch.setattr(acc, "PAIRWISE_BLOCK_LOG2", 10)  # one block: every term at once
+    jax.clear_caches()
+    whole = fpsim.lp_matmul(a, b, **spec)
+    bits = lambda v: np.asarray(v, np.float32).view(np.uint32)  # noqa: E731
+    np.testing.assert_array_equal(bits(tiled), bits(whole))
+    for i, j in [(0, 0), (2, 36)]:  # and the exact reference, in a padded last tile too
+        want = _ref_dot(a[i, 36], b[i, :, j], fpsim.FP16, None, fpsim.BF16, "pairwise", 1)
+        assert float(tiled[i, 36, j]) == want

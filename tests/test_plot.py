@@ -189,6 +189,22 @@ def test_figures_are_written_and_deterministic(tmp_path):
         figures.write_figures(tmp_path, only=["nope.png"])
 
 
+def test_slow_figures_are_opt_in(tmp_path, monkeypatch):
+    from fpsim.showcase import figures
+
+    assert "lm_training_curves.png" in figures.SLOW
+    called = []
+    fake = [(n, lambda n=n: called.append(n) or figures.numberline_e4m3())
+            for n in ("numberline_e4m3.png", "lm_training_curves.png")]  # fmt: skip
+    monkeypatch.setattr(figures, "FIGURES", fake)
+    figures.write_figures(tmp_path)
+    assert called == ["numberline_e4m3.png"]  # the LM demo is not trained
+    figures.write_figures(tmp_path, slow=True)
+    figures.write_figures(tmp_path, only=["lm_training_curves.png"])
+    assert called == ["numberline_e4m3.png", "numberline_e4m3.png",
+                      "lm_training_curves.png", "lm_training_curves.png"]  # fmt: skip
+
+
 def test_binade_estimate_matches_exact_counts_at_the_subnormal_edge():
     import fpsim
     from fpsim.plot import band_fractions

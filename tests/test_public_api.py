@@ -27,7 +27,7 @@ TOP_LEVEL = {
     "quantize_blocks", "encode_blocks", "decode_blocks", "block_stats",
     # tensor-core accumulator models
     "AccumulatorModel", "ACCUMULATOR_PRESETS", "get_accumulator", "tc_dot_general",
-    "tc_matmul",
+    "tc_matmul", "tc_scaled_matmul",
 }  # fmt: skip
 NN = {
     "LAYER_NAMES", "PRESETS", "PRESET_NAMES", "RECIPES", "RECIPE_NAMES",

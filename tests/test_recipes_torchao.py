@@ -81,13 +81,13 @@ def test_mxfp8_recipe_operands_are_torchao_values():
         return e * np.repeat(s, 32, axis=1)
 
     r = recipes.MXFP8
-    xq, wq = recipes.fprop_operands(r, jnp.asarray(X), jnp.asarray(W))
+    xq, wq = recipes.fprop_operands(r, jnp.asarray(X), jnp.asarray(W))[0]
     np.testing.assert_array_equal(np.asarray(xq), deq("fprop/x"))
     np.testing.assert_array_equal(np.asarray(wq), deq("fprop/w").T)
-    gq, wq = recipes.dgrad_operands(r, jnp.asarray(G), jnp.asarray(W), None)
+    gq, wq = recipes.dgrad_operands(r, jnp.asarray(G), jnp.asarray(W), None)[0]
     np.testing.assert_array_equal(np.asarray(gq), deq("dgrad/g"))
     np.testing.assert_array_equal(np.asarray(wq), deq("dgrad/w"))
-    xq, gq = recipes.wgrad_operands(r, jnp.asarray(X), jnp.asarray(G), None)
+    xq, gq = recipes.wgrad_operands(r, jnp.asarray(X), jnp.asarray(G), None)[0]
     np.testing.assert_array_equal(np.asarray(xq), deq("wgrad/x").T)
     np.testing.assert_array_equal(np.asarray(gq), deq("wgrad/g").T)
 
@@ -95,11 +95,11 @@ def test_mxfp8_recipe_operands_are_torchao_values():
 def test_mxfp8_gemms_match_torchao():
     y, dx, dw = _vjp("mxfp8")
     r = recipes.MXFP8
-    xq, wq = map(np.asarray, recipes.fprop_operands(r, X, W))
+    xq, wq = map(np.asarray, recipes.fprop_operands(r, X, W)[0])
     _close(y, FIX["mxfp8/y"], xq, wq)
-    gq, wq = map(np.asarray, recipes.dgrad_operands(r, G, W, None))
+    gq, wq = map(np.asarray, recipes.dgrad_operands(r, G, W, None)[0])
     _close(dx, FIX["mxfp8/dx"], gq, wq.T)
-    xq, gq = map(np.asarray, recipes.wgrad_operands(r, X, G, None))
+    xq, gq = map(np.asarray, recipes.wgrad_operands(r, X, G, None)[0])
     _close(dw, FIX["mxfp8/dw"], xq.T, gq)
 
 
@@ -197,7 +197,7 @@ def test_nvfp4_fprop_codes_equal_torchao(name, a, axis):
 def test_nvfp4_fprop_gemm_matches_torchao():
     """The forward GEMM of ``nvfp4_1d_weights`` (torchao has no 16x16 tiles)."""
     r = recipes.RECIPES["nvfp4_1d_weights"]
-    xq, wq = map(np.asarray, recipes.fprop_operands(r, X, W))
+    xq, wq = map(np.asarray, recipes.fprop_operands(r, X, W)[0])
     y = np.asarray(recipes._mm(xq, wq, (((1,), (0,)), ((), ()))))
     _close(y, FIX["nvfp4/y"], xq, wq)
 

@@ -8,6 +8,7 @@
     fpsim figures --outdir figures      # regenerate the figures
     fpsim demo --fast                   # train a small model in several formats
     fpsim demo lm --fast                # a small language model, one run per recipe
+    fpsim demo lm --runs 'bf16,nvfp4*'  # only some of its runs
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for bad input or output that
 cannot be written (one line on stderr, no traceback). ``explain`` and ``formats``
@@ -46,8 +47,12 @@ DEMO_HELP = {
     "from 0 to 2^32 - 1 (default 0)",
     "outdir": "directory for the demo's PNG figures; created if missing, checked "
     "before any training (default fpsim-demo; lm: fpsim-demo-lm)",
-    "fast": "a quick run: 150 steps unless --steps is given (lm: one block, 80 steps) "
-    "(default off)",
+    "fast": "a quick run: 150 steps unless --steps is given (lm: one block, 80 steps, "
+    "five of the runs unless --runs is given) (default off)",
+    "runs": "lm only: the runs to train, comma-separated names or patterns matched "
+    "case-insensitively, e.g. 'float32,fp16*,nvfp4*' (default: the twelve of the "
+    "table; 'nvfp4*' adds the three NVFP4 ablations; an unknown name lists the valid "
+    "ones)",
 }
 
 
@@ -175,7 +180,7 @@ def _cmd_formats(args) -> int:
 def _cmd_figures(args) -> int:
     from fpsim.showcase.figures import write_figures
 
-    for path in write_figures(args.outdir, only=args.only):
+    for path in write_figures(args.outdir, only=args.only, slow=args.slow):
         print(path, flush=True)
     return 0
 
@@ -186,8 +191,12 @@ def _cmd_demo(args) -> int:
     else:
         from fpsim.showcase import mlp_demo as demo
 
+    kwargs = {"runs": args.runs} if args.runs is not None else {}
+    if args.runs is not None and args.which != "lm":
+        print("fpsim demo: error: --runs is for 'fpsim demo lm' only", file=sys.stderr)
+        return 2
     return int(demo.run(steps=args.steps, seed=args.seed, outdir=args.outdir,
-                        fast=args.fast) or 0)  # fmt: skip
+                        fast=args.fast, **kwargs) or 0)  # fmt: skip
 
 
 def _seed(text: str) -> int:
@@ -261,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figures", help="regenerate the figures (PNG)")
     p.add_argument("--outdir", default="figures", help="where to write (default figures)")
     p.add_argument("--only", nargs="*", metavar="NAME", help="only these file names")
+    p.add_argument(
+        "--slow",
+        action="store_true",
+        help="also the figures that train for minutes (lm_training_curves.png: the "
+        "language-model demo, fpsim demo lm)",
+    )
     p.set_defaults(run=_cmd_figures)
     p = sub.add_parser(
         "demo",
@@ -268,8 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="mlp (the default): train a 64-128-128-128-10 MLP on scikit-learn's "
         "digits five ways (float32, pure FP16, FP16 with loss scaling, BF16, FP8), print "
         "a table and write four figures. lm: train a small character-level transformer "
-        "on Shakespeare once per training recipe (float32, BF16, FP16 with and without "
-        "loss scaling, FP8 with and without scaling), print a table and write figures.",
+        "on Shakespeare once per training recipe (float32, BF16, FP16 without loss "
+        "scaling, with it and with Zhao et al.'s adaptive scales, FP8 with and without "
+        "scaling; today's GEMM recipes FP8 current and blockwise scaling, MXFP8, NVFP4, "
+        "naive MXFP4; --runs 'nvfp4*' adds NVFP4 with each ingredient off), print a "
+        "table and write figures.",
     )
     p.add_argument(
         "which", nargs="?", choices=("mlp", "lm"), default="mlp", help=DEMO_HELP["which"]
@@ -278,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help=DEMO_HELP["seed"])
     p.add_argument("--outdir", default=None, help=DEMO_HELP["outdir"])
     p.add_argument("--fast", action="store_true", help=DEMO_HELP["fast"])
+    p.add_argument("--runs", default=None, metavar="NAMES", help=DEMO_HELP["runs"])
     p.set_defaults(run=_cmd_demo)
     parser.subcommands = sub.choices  # for usage errors of one command
     return parser

@@ -26,9 +26,10 @@ tiles either way round, so the weight is quantized once.)
 ``jax.custom_vjp`` that does the above; :func:`recipe_scope` installs it in every
 ``Dense``/``DenseGeneral`` of an unmodified Linen model. The presets (:data:`RECIPES`,
 :func:`get_recipe`) follow Transformer Engine's recipe documentation and the DeepSeek-V3
-report; each docstring says what fpsim simplifies. What is *not* simulated here: the
-accumulation inside the GEMM (float32, as XLA computes it) and the output cast (the
-result stays float32, as TE's GEMMs write BF16/FP32).
+report; each docstring says what fpsim simplifies. What is *not* simulated here, unless
+a recipe names a tensor-core ``accumulator`` model: the accumulation inside the GEMM
+(float32, as XLA computes it); nor the output cast (the result stays float32, as TE's
+GEMMs write BF16/FP32).
 
 Policies: every recipe is also a :class:`fpsim.nn.Policy` preset of the same name
 (``make_train_step(model, "mxfp8", ...)``, ``fpsim.nn.apply(fn, "nvfp4", ...)``), or a
@@ -72,7 +73,9 @@ from fpsim.blocks import (
     NVFP4_16x16,
     get_block_format,
 )
-from fpsim.formats import E5M2
+from fpsim.codec import decode
+from fpsim.formats import E5M2, FP32, Format
+from fpsim.numerics import AccumulatorModel, get_accumulator, tc_scaled_matmul
 from fpsim.rounding import check_rounding
 
 #: GEMM names, in the order a linear layer's training step runs them.
@@ -108,6 +111,14 @@ class Recipe:
         outliers over their block (NVFP4's recipe).
       rht_seed: seed of the fixed random signs.
       source: where the recipe comes from.
+      accumulator: None (the GEMMs accumulate in float32, as XLA computes), or a
+        tensor-core accumulator model (:class:`fpsim.AccumulatorModel` or preset name):
+        each GEMM then multiplies the unscaled elements on the modelled tensor core
+        and applies the scales when the partial sums are promoted
+        (:func:`fpsim.tc_scaled_matmul`); e.g. ``"hopper_fp8_promote128"`` with
+        ``fp8_blockwise``, DeepSeek-V3's setting. Needs float32 scales (per tensor,
+        or blocks along K as long as the model's ``promote_every``), one element
+        format and round-to-nearest.
     """
 
     name: str
@@ -120,10 +131,14 @@ class Recipe:
     rht: bool = False
     rht_seed: int = 0
     source: str = ""
+    accumulator: AccumulatorModel | None = None
 
     def __post_init__(self) -> None:
         for field in ("activation", "weight", "grad"):
             object.__setattr__(self, field, _bf(getattr(self, field)))
+        if self.accumulator is not None:
+            object.__setattr__(self, "accumulator", get_accumulator(self.accumulator))
+            _check_accumulator(self)
         check_rounding(self.rounding)
         check_rounding(self.grad_rounding)
         if self.activation.block_shape is not None or self.grad.block_shape is not None:
@@ -155,6 +170,53 @@ class Recipe:
         return self.replace(name=f"{self.name}_1d_weights", weight=self.activation)
 
 
+def _check_accumulator(recipe: Recipe) -> None:
+    """Raise unless ``recipe``'s GEMMs can run on its tensor-core model."""
+    model, fmts = recipe.accumulator, (recipe.activation, recipe.weight, recipe.grad)
+    why = ""
+    if any(f.scale != FP32 for f in fmts):
+        why = "its formats need float32 scales (FP8 per tensor or in blocks)"
+    elif len({f.element for f in fmts}) != 1:
+        why = "its operands need one element format (a tensor core reads one input type)"
+    elif recipe.rounding != "nearest" or recipe.grad_rounding != "nearest":
+        why = "its roundings must be 'nearest'"
+    else:
+        for f in fmts:
+            blocks = set(f.block_shape or (f.block_size,))
+            if not f.per_tensor and blocks != {model.promote_every}:
+                why = (f"{f.name}'s blocks of {f.block_shape or f.block_size} along K need "
+                       f"a model that promotes every block, but {model.name} has "
+                       f"promote_every={model.promote_every}")  # fmt: skip
+    if why:
+        raise ValueError(
+            f"recipe {recipe.name!r} with accumulator={model.name!r}: {why}; e.g. "
+            "fp8_blockwise with 'hopper_fp8_promote128'"
+        )
+
+
+class _Scaled(NamedTuple):
+    """An operand as a scaled GEMM reads it: elements and scales (a recipe with an
+    accumulator model quantizes to this instead of to values)."""
+
+    elements: jax.Array
+    scales: jax.Array  # per tensor (), or per block: the blocked axes divided
+    element: Format
+    model: AccumulatorModel
+
+
+def _scaled_mm(a: _Scaled, b: _Scaled, dims) -> jax.Array:
+    """``lax.dot_general(a, b, dims)`` for 2-D operands with one contracting axis each,
+    on the tensor-core model, the scales applied on promotion."""
+    (lc,), (rc,) = dims[0]
+    x, sx = (a.elements.T, a.scales.T) if lc == 0 else (a.elements, a.scales)
+    y, sy = (b.elements.T, b.scales.T) if rc == 1 else (b.elements, b.scales)
+    if sx.ndim == 2:  # 2-D tiles: the scale of a tile repeats over its rows
+        sx = jnp.repeat(sx, x.shape[0] // sx.shape[0], axis=0)
+    if sy.ndim == 2:
+        sy = jnp.repeat(sy, y.shape[1] // sy.shape[1], axis=1)
+    return tc_scaled_matmul(x, y, sx, sy, a.model, inputs=a.element)
+
+
 def _fmt_with(bfmt: BlockFormat, **changes) -> BlockFormat:
     return dataclasses.replace(bfmt, **changes)
 
@@ -182,10 +244,11 @@ FP8_CURRENT_E4M3 = FP8_CURRENT.replace(
 #: DeepSeek-V3 (technical report, section 3.3) / Transformer Engine
 #: ``Float8BlockScaling``: E4M3 everywhere (gradients too); activations and gradients
 #: in 1x128 tiles along each GEMM's contraction, weights in 128x128 blocks; float32
-#: scales ``amax / 448``. Simplified: the GEMM accumulates in float32 (DeepSeek-V3
-#: promotes the tensor core's ~14-bit accumulator to FP32 every 128 products; see
-#: fpsim's tensor-core models for that part). :data:`FP8_BLOCKWISE_POW2` rounds the
-#: scales up to powers of two, TE's default.
+#: scales ``amax / 448``. Simplified: the GEMM accumulates in float32, unless given
+#: DeepSeek-V3's tensor core: ``FP8_BLOCKWISE.replace(accumulator=
+#: "hopper_fp8_promote128")`` adds 128 products at a time on the ~14-bit FP8 adder and
+#: promotes each partial sum, scaled, to FP32 (:func:`fpsim.tc_scaled_matmul`).
+#: :data:`FP8_BLOCKWISE_POW2` rounds the scales up to powers of two, TE's default.
 FP8_BLOCKWISE = Recipe(
     "fp8_blockwise", FP8_BLOCK_1x128, FP8_BLOCK_128x128, FP8_BLOCK_1x128,
     source="DeepSeek-V3 technical report (2024), sec. 3.3; TE Float8BlockScaling",
@@ -348,8 +411,10 @@ def recipe_stats(fwd, token_ct) -> RecipeStats:
 
 def _quantize(x, bfmt: BlockFormat, axis, recipe: Recipe, rounding: str, key,
               stats: bool = False):  # fmt: skip
-    """``(x quantized, its BlockSummary as float32 or None)``."""
-    from fpsim.blocks import quantize_blocks, quantize_with_summary
+    """``(x quantized, its BlockSummary as float32 or None)``. With a tensor-core
+    ``accumulator`` the operand is a :class:`_Scaled` (elements and scales apart, as the
+    tensor core reads them); otherwise the values it represents."""
+    from fpsim.blocks import encode_blocks, quantize_blocks, quantize_with_summary
 
     mode = recipe.scale_mode if bfmt.scale.name == "e8m0" else None
     stochastic = rounding == "stochastic"
@@ -361,10 +426,17 @@ def _quantize(x, bfmt: BlockFormat, axis, recipe: Recipe, rounding: str, key,
         )
     kw = dict(axis=axis, scale_mode=mode, rounding=rounding,
               key=key if stochastic else None)  # fmt: skip
+    summary = None
+    if stats:
+        q, summary = quantize_with_summary(x, bfmt, **kw)
+        summary = _f32_summary(summary)
+    if recipe.accumulator is not None:  # elements and scales, for the tensor core
+        codes = encode_blocks(x, bfmt, axis=axis, scale_mode=mode)
+        elements = decode(codes.elements, bfmt.element)
+        return _Scaled(elements, codes.scales, bfmt.element, recipe.accumulator), summary
     if not stats:
-        return quantize_blocks(x, bfmt, **kw), None
-    q, summary = quantize_with_summary(x, bfmt, **kw)
-    return q, _f32_summary(summary)
+        q = quantize_blocks(x, bfmt, **kw)
+    return q, summary
 
 
 def _weight_axis(bfmt: BlockFormat, axis: int):
@@ -411,6 +483,8 @@ _HI = lax.Precision.HIGHEST
 
 
 def _mm(a, b, dims):
+    if isinstance(a, _Scaled):  # the recipe's accumulator model
+        return _scaled_mm(a, b, dims)
     return lax.dot_general(a, b, dims, precision=_HI, preferred_element_type=jnp.float32)
 
 

@@ -6,6 +6,9 @@
   products with an input, product, accumulation and output format and a choice of
   accumulation order (sequential, pairwise, chunked, Kahan).
 * :func:`emulate`: run any JAX function with every floating-point primitive rounded.
+* :class:`AccumulatorModel`, :func:`tc_matmul`, :func:`tc_scaled_matmul`: tensor-core
+  accumulation (exact products added in groups, aligned and truncated), also reached
+  through ``lp_dot_general(..., accumulator=...)``.
 """
 
 from fpsim.numerics._accumulate import ORDERS as ORDERS
@@ -26,10 +29,11 @@ from fpsim.numerics._tensor_core import AccumulatorModel as AccumulatorModel
 from fpsim.numerics._tensor_core import get_accumulator as get_accumulator
 from fpsim.numerics._tensor_core import tc_dot_general as tc_dot_general
 from fpsim.numerics._tensor_core import tc_matmul as tc_matmul
+from fpsim.numerics._tensor_core import tc_scaled_matmul as tc_scaled_matmul
 
 __all__: list[str] = [
     "FLOAT32_OPS", "Accumulation", "EmulationPolicy", "EmulationReport", "Emulated",
     "emulate", "ORDERS", "fake_quant", "lp_dot", "lp_dot_general", "lp_matmul", "lp_sum",
     "quantizer", "ACCUMULATOR_PRESETS", "AccumulatorModel", "get_accumulator",
-    "tc_dot_general", "tc_matmul",
+    "tc_dot_general", "tc_matmul", "tc_scaled_matmul",
 ]  # fmt: skip

@@ -59,7 +59,7 @@ from jax import lax
 from fpsim import _bits, _keys
 from fpsim.arith import add_round, check_exact_sum, covers, round_to
 from fpsim.formats import FP16, Format, get_format
-from fpsim.rounding import FormatLike, as_float_array, check_rounding
+from fpsim.rounding import NATIVE_NEAREST, FormatLike, as_float_array, check_rounding
 
 Order = Literal["native", "sequential", "pairwise", "chunked", "kahan", "ring"]
 #: Every reduction order, of sums, dot products and all-reduces alike.
@@ -132,52 +132,126 @@ def _all_terms(xs, term, n: int):
     return jax.vmap(term)(xs, jnp.arange(n))
 
 
-def _scan(xs, term, init, n: int, fmt, rounding, key, stage: str):
+def _scan(xs, term, init, n: int, fmt, rounding, key, stage: str, on_grid: bool = False):
     """Sequential: ``acc = fmt(acc + term(x_i, i))`` over the leading axis of ``xs``.
 
     ``init=None`` starts from the first term as it is (an all-reduce: device 0's value
-    travels unrounded to device 1); an array starts there and rounds every term in.
+    travels unrounded to device 1); an array (zeros, on every grid) starts there and
+    rounds every term in. ``on_grid``: the terms are values of ``fmt`` already.
     """
     start = 0
     if init is None:
         init, start = term(jax.tree_util.tree_map(lambda a: a[0], xs), 0), 1
+        on_grid = False  # the first term travels unrounded
 
     def step(acc, x_i):
         x, i = x_i
-        return add_round(acc, term(x, i), fmt, rounding, reduction_key(key, stage, i)), None
+        k = reduction_key(key, stage, i)
+        return add_round(acc, term(x, i), fmt, rounding, k, on_grid=on_grid), None
 
     return lax.scan(step, init, (_take(xs, start), jnp.arange(start, n)))[0]
 
 
 def _kahan(xs, term, init, n: int, fmt, rounding, key):
-    """Kahan: ``y = x - c; t = s + y; c = (t - s) - y; s = t``, each rounded to fmt."""
-    start = 0
+    """Kahan: ``y = x - c; t = s + y; c = (t - s) - y; s = t``, each rounded to fmt.
+
+    Only ``y`` adds a raw term; ``s``, ``y``, ``t`` and ``c`` are values of ``fmt``
+    (``s`` from the second step on, when ``init`` is None), which makes the other three
+    roundings cheap to nearest (:func:`fpsim.arith.add_round`'s ``on_grid``).
+    """
+    start, s_on_grid = 0, True
     if init is None:
         init, start = term(jax.tree_util.tree_map(lambda a: a[0], xs), 0), 1
+        s_on_grid = False
+    # s and c are values of fmt: held in float16 or bfloat16 where fmt is that type, the
+    # two arrays the loop carries move half the bytes (exact: their NaNs are quiet)
+    wide = init.dtype
+    narrow = NATIVE_NEAREST.get(fmt.dtype_name) if wide == jnp.float32 else None
+    store = narrow if narrow is not None and s_on_grid else wide
 
     def step(carry, x_i):
-        s, c = carry
+        s, c = (v.astype(wide) for v in carry)
         x, i = x_i
         k = [reduction_key(key, "kahan", i, j) for j in range(4)]
         y = add_round(term(x, i), -c, fmt, rounding, k[0])
-        t = add_round(s, y, fmt, rounding, k[1])
-        c = add_round(add_round(t, -s, fmt, rounding, k[2]), -y, fmt, rounding, k[3])
-        return (t, c), None
+        t = add_round(s, y, fmt, rounding, k[1], on_grid=s_on_grid)
+        d = add_round(t, -s, fmt, rounding, k[2], on_grid=s_on_grid)
+        c = add_round(d, -y, fmt, rounding, k[3], on_grid=True)
+        return (t.astype(store), c.astype(store)), None
 
-    carry = (init, jnp.zeros_like(init))
-    return lax.scan(step, carry, (_take(xs, start), jnp.arange(start, n)))[0][0]
+    carry = (init.astype(store), jnp.zeros(init.shape, store))
+    out = lax.scan(step, carry, (_take(xs, start), jnp.arange(start, n)))[0][0]
+    return out.astype(wide)
 
 
-def _pairwise(terms, fmt, rounding, key):
-    """Balanced tree over the leading axis; an odd last element waits one level."""
-    level = 0
+def _tree(terms, fmt, rounding, key, raw: str = "all", level: int = 0):
+    """Balanced tree over the leading axis; an odd last element waits one level.
+
+    ``raw`` says which elements are not values of ``fmt`` yet: ``"all"`` (raw terms),
+    ``"last"`` (only the last one: a raw term that waited) or ``"none"``; sums of two
+    values of ``fmt`` round cheaply (``add_round``'s ``on_grid``). Level ``l`` of the
+    tree (counted from ``level``) rounds with the key ``("pairwise", l)``.
+    """
     while terms.shape[0] > 1:
-        n2 = terms.shape[0] // 2 * 2
+        n = terms.shape[0]
+        n2 = n // 2 * 2
+        a, b = terms[0:n2:2], terms[1:n2:2]
         k = reduction_key(key, "pairwise", level)
-        pairs = add_round(terms[0:n2:2], terms[1:n2:2], fmt, rounding, k)
-        terms = jnp.concatenate([pairs, terms[n2:]]) if n2 < terms.shape[0] else pairs
+        if raw == "all":
+            pairs = add_round(a, b, fmt, rounding, k)
+        elif raw == "last" and n2 == n:  # the raw element meets its partner
+            pairs = jnp.concatenate([
+                add_round(a[:-1], b[:-1], fmt, rounding, k, on_grid=True),
+                add_round(a[-1:], b[-1:], fmt, rounding, k),
+            ])  # fmt: skip
+        else:
+            pairs = add_round(a, b, fmt, rounding, k, on_grid=True)
+        raw = "last" if raw != "none" and n2 < n else "none"
+        terms = jnp.concatenate([pairs, terms[n2:]]) if n2 < n else pairs
         level += 1
     return terms[0]
+
+
+#: log2 of the block of terms whose pairwise subtree is summed at a time (below).
+PAIRWISE_BLOCK_LOG2 = 4
+
+
+def _pairwise(xs, term, n: int, fmt, rounding, key, on_grid: bool = False):
+    """The pairwise tree of ``term(x_i, i)``, holding few terms at a time.
+
+    Element ``i`` of level ``l`` of the tree is the subtree of terms ``[i * 2**l, (i +
+    1) * 2**l)`` (cut at ``n``), so the first ``j`` levels are independent trees over
+    blocks of ``B = 2**j`` consecutive terms (the short last block included): a scan
+    forms each block's terms and sums them, and the tree goes on over the block sums.
+    Only ``B`` terms are alive at once instead of all ``n``, the same bits. Stochastic
+    rounding draws each level's random bits for the whole level at once, so it builds
+    every term, as the keys were defined.
+    """
+    raw = "none" if on_grid else "all"
+    if key is not None:
+        return _tree(_all_terms(xs, term, n), fmt, rounding, key, raw)
+    j = PAIRWISE_BLOCK_LOG2
+    block = 1 << j
+    nfull = n // block
+    if nfull < 2:
+        return _tree(_all_terms(xs, term, n), fmt, rounding, key, raw)
+    main = jax.tree_util.tree_map(
+        lambda a: a[: nfull * block].reshape(nfull, block, *a.shape[1:]), xs)  # fmt: skip
+
+    def block_sum(_, xb_q):
+        xb, q = xb_q
+        terms = jax.vmap(term)(xb, q * block + jnp.arange(block))
+        return None, _tree(terms, fmt, rounding, None, raw)
+
+    sums = [lax.scan(block_sum, None, (main, jnp.arange(nfull)))[1]]
+    tail = n - nfull * block
+    if tail:  # the short last block, summed by the same rule
+        rest = _all_terms(_take(xs, nfull * block), lambda x, i: term(x, i + nfull * block),
+                          tail)  # fmt: skip
+        sums.append(_tree(rest, fmt, rounding, None, raw)[None])
+    top_raw = "last" if tail == 1 and raw == "all" else "none"
+    top = jnp.concatenate(sums) if tail else sums[0]
+    return _tree(top, fmt, rounding, None, top_raw, j)
 
 
 def ring_pieces(x, n: int):
@@ -212,25 +286,27 @@ def _ring(terms, fmt, rounding, key):
 
 
 def reduce_terms(xs, term, n: int, init, fmt: Format, order: str, chunk: int,
-                 rounding: str, key):  # fmt: skip
+                 rounding: str, key, on_grid: bool = False):  # fmt: skip
     """Sum ``term(x_i, i)`` over the leading axis (length n) of the pytree ``xs``, in fmt.
 
     The one implementation of every order. ``term`` maps a slice of ``xs`` (leading
     axis removed) and its index to the addend; for a dot product it forms the rounded
     products lazily, so sequential, chunked and Kahan orders never hold all ``n``
     products at once. ``init`` is the accumulator's start (zeros for a sum on one
-    device) or None (start from the first term as it is: an all-reduce).
+    device) or None (start from the first term as it is: an all-reduce). ``on_grid``
+    promises that every term is a value of ``fmt`` already (a sum of rounded inputs):
+    the same bits, fewer operations to nearest.
     """
     if n == 0:
         return init
     if init is not None and n == 1 and order in ("pairwise", "ring"):
         order = "sequential"  # one term still goes through the accumulator
     if order == "sequential":
-        return _scan(xs, term, init, n, fmt, rounding, key, "sequential")
+        return _scan(xs, term, init, n, fmt, rounding, key, "sequential", on_grid)
     if order == "kahan":
         return _kahan(xs, term, init, n, fmt, rounding, key)
     if order == "pairwise":
-        return _pairwise(_all_terms(xs, term, n), fmt, rounding, key)
+        return _pairwise(xs, term, n, fmt, rounding, key, on_grid)
     if order == "ring":
         return _ring(_all_terms(xs, term, n), fmt, rounding, key)
     if order == "native":
@@ -249,17 +325,20 @@ def reduce_terms(xs, term, n: int, init, fmt: Format, order: str, chunk: int,
             return jax.vmap(term)(x, starts + pos)
 
         init_b = None if init is None else jnp.broadcast_to(init, (nfull, *init.shape))
-        sums.append(_scan(main, term_b, init_b, chunk, fmt, rounding, key, "chunk"))
+        sums.append(_scan(main, term_b, init_b, chunk, fmt, rounding, key, "chunk",
+                          on_grid))  # fmt: skip
     if tail:  # ... and the short last chunk
         rest = _take(xs, nfull * chunk)
 
         def term_t(x, i):
             return term(x, i + nfull * chunk)
 
-        sums.append(_scan(rest, term_t, init, tail, fmt, rounding, key, "tail")[None])
+        sums.append(_scan(rest, term_t, init, tail, fmt, rounding, key, "tail",
+                          on_grid)[None])  # fmt: skip
     chunk_sums = jnp.concatenate(sums) if len(sums) > 1 else sums[0]
+    # the chunk sums are values of fmt (rounded at least once) when init is given
     return _scan(chunk_sums, lambda s, i: s, init, chunk_sums.shape[0], fmt, rounding,
-                 key, "chunks")  # fmt: skip
+                 key, "chunks", init is not None)  # fmt: skip
 
 
 def lp_sum(
@@ -318,4 +397,4 @@ def _lp_sum(x, key, accum: Format, order: str, chunk: int, rounding: str):
     x = round_to(x, accum)
     init = jnp.zeros(x.shape[1:], x.dtype)
     return reduce_terms(x, lambda t, i: t, x.shape[0], init, accum, order, chunk,
-                        rounding, key)  # fmt: skip
+                        rounding, key, on_grid=True)  # fmt: skip

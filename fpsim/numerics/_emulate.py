@@ -207,10 +207,11 @@ class _Interpreter:
             label += f" (accum {self.policy.accumulation.accum.name})"
         elif name == "conv_general_dilated":
             acc = self.policy.accumulation
-            if not is_float32_format(acc.accum) or acc.products is not None:
+            if (not is_float32_format(acc.accum) or acc.products is not None
+                    or acc.model is not None):  # fmt: skip
                 raise NotImplementedError(
                     "emulate: convolutions accumulate in float32 only; use "
-                    "Accumulation(accum=FP32, products=None) (the default)"
+                    "Accumulation(accum=FP32, products=None, model=None) (the default)"
                 )
             outs = self.bind(eqn, invals)
         else:
@@ -227,6 +228,19 @@ class _Interpreter:
         if not (is_float(lhs) and is_float(rhs)):
             return self.bind(eqn, invals)[0]
         acc = self.policy.accumulation
+        if acc.model is not None:
+            fmt = self.policy.format_for("dot_general")
+            if fmt is None:
+                raise ValueError(
+                    f"Accumulation(model={acc.model.name!r}) reads dot_general's operands "
+                    "in the policy's format for it, but the policy keeps dot_general in "
+                    "float32 (an override); give it a format of at most 12 significant "
+                    "bits (fp16, bf16, e4m3, ...)"
+                )
+            out = lp_dot_general(lhs.astype(jnp.float32), rhs.astype(jnp.float32),
+                                 eqn.params["dimension_numbers"], inputs=fmt,
+                                 accumulator=acc.model)  # fmt: skip
+            return out.astype(out_dtype)
         out = lp_dot_general(
             lhs.astype(jnp.float32),
             rhs.astype(jnp.float32),

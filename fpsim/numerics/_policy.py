@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from fpsim.formats import FP16, FP32, Format, get_format
 from fpsim.numerics._accumulate import SUM_ORDERS
+from fpsim.numerics._tensor_core import AccumulatorModel, get_accumulator
 from fpsim.rounding import FormatLike, check_rounding
 
 #: Primitives PyTorch's autocast keeps in float32 (its "fp32 list", translated to JAX
@@ -31,14 +32,29 @@ class Accumulation:
       order: ``"sequential"``, ``"pairwise"``, ``"chunked"``, ``"kahan"``, or None
         (``"native"`` for FP32, else ``"sequential"``).
       chunk: chunk length for ``"chunked"``.
+      model: a tensor-core accumulator model (:class:`fpsim.AccumulatorModel` or a
+        preset name, e.g. ``"hopper_fp8"``) for ``dot_general``, instead of a product
+        format, an accumulator format and an order: the products are exact and added
+        as the model says (``lp_dot_general(..., accumulator=model)``), their operands
+        read in the policy's format for ``dot_general``. Sums (``reduce_sum``) still
+        use ``accum`` and ``order``; convolutions are not simulated with a model.
     """
 
     products: Format | None = None
     accum: Format = FP32
     order: str | None = None
     chunk: int = 64
+    model: AccumulatorModel | None = None
 
     def __post_init__(self) -> None:
+        if self.model is not None:
+            object.__setattr__(self, "model", get_accumulator(self.model))
+            if self.products is not None or self.order is not None:
+                raise ValueError(
+                    f"Accumulation(model={self.model.name!r}) fixes how dot products "
+                    "accumulate (exact products, the model's format and order): drop "
+                    "products= and order=, which are for the step-by-step simulation"
+                )
         if self.products is not None:
             object.__setattr__(self, "products", get_format(self.products))
         object.__setattr__(self, "accum", get_format(self.accum))

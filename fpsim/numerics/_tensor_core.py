@@ -31,11 +31,26 @@ DeepSeek-V3 measured), so long FP8 dot products lose accuracy. DeepSeek-V3's rem
 the CUDA cores and added there with an ordinary FP32 addition; the tensor core restarts
 from zero. :class:`AccumulatorModel` ``promote_every`` simulates that.
 
-Implementation: pure JAX integer arithmetic on the bit patterns, bit-exact on any
-backend. Operands are split into integer significand and exponent; product significands
-(at most 12 x 12 bits) fit in int32, every shift and the fixed-point sum are int32, and
-the final normalisation and rounding build the float32 bit pattern directly, so neither
-XLA's flush-to-zero of float32 subnormals nor any float rounding can interfere.
+Implementation: pure JAX, bit-exact on any backend, in one of four ways (``PATHS``), all
+checked against an exact rational model by the tests:
+
+* ``"int"``: operands split into integer significand and exponent; the product of the
+  significands (at most 12 x 12 bits) and every shift are int32, and the fixed-point
+  sum too (or two halves of it, added into a uint32 magnitude, when ``n * 2**(p+2)``
+  passes ``2**31``). Normalisation and rounding build the float32 bit pattern
+  directly, so neither XLA's flush-to-zero of float32 subnormals nor any float
+  rounding can interfere.
+* ``"float"``: where every product is a normal float32 (FP16, FP8 inputs) and the sum
+  stays below ``2**24`` units (Hopper's FP8 adder): the exact product is scaled by
+  ``2**-(E - p)``, floored, and the terms added in float32, all exactly.
+* ``"fma"``: the exact FP32 accumulator is a float32 multiply-add loop where products
+  and sums can never be subnormal (FP16, FP8 inputs).
+* ``"reference"``: the first implementation, one ``(n, M, N)`` block per group.
+
+The fast paths write a group's ``n`` products as ``n`` separate ``(M, N)`` expressions,
+so that XLA fuses each group step (alignment, fixed-point sum, normalisation) into one
+vectorised loop over the outputs; a ``lax.scan`` walks the groups, with each step's
+operands sliced one iteration ahead (:func:`_pipelined_scan`).
 """
 
 from __future__ import annotations
@@ -48,8 +63,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fpsim import _bits
 from fpsim.formats import FP32, Format, get_format
-from fpsim.numerics._dot import canonical_operands as _canonical
+from fpsim.numerics._operands import canonical_operands as _canonical
 from fpsim.rounding import quantize
 
 Alignment = Literal["truncate", "nearest"]
@@ -304,11 +320,17 @@ def _normalise(s, g, acc: Format, rounding: str):
     frac = jnp.where(lq <= 23, q << jnp.clip(23 - lq, 0, 31), q >> jnp.clip(lq - 23, 0, 31))
     normal = ((ex + 127) << 23) | (frac & 0x7FFFFF)
     sub = q << jnp.clip(h + 149, 0, 31)
-    over = 0x7F800000 if rounding == "nearest" else 0x7F7FFFFF
-    bits = jnp.where(ex > 127, over, jnp.where(ex >= -126, normal, sub))
+    ieee = acc.convention == "ieee"
+    if ieee:  # overflow: inf when rounding to nearest, else acc's largest value
+        over = 0x7F800000 if rounding == "nearest" else _bits.F32.bits_of(acc.max)
+        top = acc.emax
+    else:  # float32's rule here, then acc's own convention (quantize) below
+        over = 0x7F800000 if rounding == "nearest" else 0x7F7FFFFF
+        top = 127
+    bits = jnp.where(ex > top, over, jnp.where(ex >= -126, normal, sub))
     bits = jnp.where(q == 0, 0, bits) | jnp.where(neg, jnp.int32(-(2**31)), 0)
     out = lax.bitcast_convert_type(bits, jnp.float32)
-    if (acc.exponent_bits, acc.mantissa_bits, acc.convention) != (8, 23, "ieee"):
+    if not ieee:
         out = quantize(out, acc, rounding)  # acc's overflow rule (identity in range)
     return out
 
@@ -359,6 +381,271 @@ def _fp32_add(x, y):
     s = _align(xs, xf, g, FP32_EXACT) + _align(ys, yf, g, FP32_EXACT)
     return jnp.where(jnp.isfinite(x) & jnp.isfinite(y), _normalise(s, g, FP32, "nearest"),
                      x + y)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# The fast paths: one fused loop per group step, no (n, M, N) intermediate
+# --------------------------------------------------------------------------------------
+def _operand(x, fmt: Format):
+    """``(mag, e, neg)`` with ``|x| == mag * 2**(e - fmt.mantissa_bits)``.
+
+    ``e`` is the alignment exponent (``max(floor(log2|x|), emin)``, the exponent field
+    of ``x`` in ``fmt``), so ``mag < 2**(mantissa_bits + 1)`` is the significand as
+    ``fmt`` stores it, subnormals included; ``neg`` is 0 or -1 (a sign mask). ``x`` is
+    on ``fmt``'s grid, so every shift here is exact.
+    """
+    sig, f, e = _split(x, 0, fmt.emin)
+    mag = jnp.abs(sig)
+    d = f - (e - fmt.mantissa_bits)  # the bits ``mag`` has beyond fmt's unit
+    mag = jnp.where(d >= 0, mag << jnp.clip(d, 0, 31), mag >> jnp.clip(-d, 0, 31))
+    return mag, e, jnp.where(sig < 0, -1, 0)
+
+
+def _shr(x, s):
+    """``x >> s`` (logical) for any ``s >= 0``: XLA gives 0 when ``s >= 32``."""
+    return lax.shift_right_logical(x, s)
+
+
+def _cut(mag, sh, model: AccumulatorModel):
+    """Non-negative int32 ``mag`` in units ``2**-sh`` of the grid, cut to whole units.
+
+    ``sh >= 0``; any size (XLA's shifts by 32 or more give 0, and ``(1 << s) - 1`` is
+    then all ones, the right mask). The same cuts as :func:`_align`.
+    """
+    if model.sticky:
+        s = jnp.minimum(sh + 1, 31)
+        low = mag & ((jnp.int32(1) << s) - 1)
+        return (_shr(mag, s) << 1) | (low != 0).astype(jnp.int32)
+    q = _shr(mag, jnp.minimum(sh, 31))  # mag < 2**31: a shift by 31 leaves 0
+    if model.alignment == "nearest":
+        rem = mag & ((jnp.int32(1) << jnp.minimum(sh, 31)) - 1)
+        half = jnp.int32(1) << jnp.clip(sh - 1, 0, 30)
+        up = (sh >= 1) & (sh <= 31) & ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+        q = q + up.astype(jnp.int32)
+    return q
+
+
+def _add_wide(x, y, g):
+    """``x + y`` (int32, ``|x + y| < 2**32``) as int32 units of ``2**g'``.
+
+    The sum is formed as a uint32 magnitude (wrap-around addition, then the overflow
+    decides the sign); a magnitude of ``2**31`` or more is halved with the lost bit
+    ORed into the last one (a sticky bit), as in :func:`_wide_sum`.
+    """
+    w = x + y
+    over = ((x ^ w) & (y ^ w)) < 0
+    neg = jnp.where(over, x < 0, w < 0)
+    mag = jnp.where(neg, (-w).astype(jnp.uint32), w.astype(jnp.uint32))
+    wide = mag >= jnp.uint32(2**31)
+    mag = jnp.where(wide, (mag >> 1) | (mag & 1), mag).astype(jnp.int32)
+    return jnp.where(neg, -mag, mag), g + wide.astype(jnp.int32)
+
+
+def _product_terms_int(a, b, big, es, model: AccumulatorModel, inputs: Format):
+    """The group's products cut to units ``2**(E - u)``, in integers: ``a`` is (mag, e,
+    neg) with ``mag`` pre-shifted (:func:`_pre_shift`); a shift per product."""
+    extra = max(0, 2 * inputs.mantissa_bits - model.unit_bits)  # product units below
+    terms = []
+    for i, e in enumerate(es):
+        mag = a[0][..., i, None] * b[0][..., i, None, :]
+        q = _cut(mag, big - e + extra, model)
+        s = a[2][..., i, None] ^ b[2][..., i, None, :]
+        terms.append((q ^ s) - s)
+    return terms
+
+
+def _product_terms_float(a, b, big, es, model: AccumulatorModel, inputs: Format):
+    """The same terms in float32: ``a`` is (|value|, e, sign as +-1.0).
+
+    The product is exact in float32 (:func:`_float_ok`), and so is its scaling by
+    ``2**-(E - u)``; ``floor`` of the magnitude cuts it to whole units (truncation
+    toward zero once the sign is put back), ``round`` to nearest even; the sticky bit
+    is "floor lost something". The terms are whole numbers below ``2**24`` in all, so
+    their float32 sum is exact. A scaled product below ``2**-126`` may be flushed to
+    zero by XLA on CPU: it is below one unit and cuts to 0 anyway (the sticky bit looks
+    at the product itself).
+    """
+    g = jnp.clip(big - model.unit_bits, -126, 126)  # clipped only where no product
+    scale = lax.bitcast_convert_type((127 - g) << 23, jnp.float32)  # 2**-g
+    if model.sticky:
+        scale = scale * 0.5
+    terms = []
+    for i in range(len(es)):
+        p = a[0][..., i, None] * b[0][..., i, None, :]
+        y = p * scale
+        sign = a[2][..., i, None] * b[2][..., i, None, :]
+        if model.alignment == "nearest":
+            terms.append(lax.round(y, lax.RoundingMethod.TO_NEAREST_EVEN) * sign)
+            continue
+        q = jnp.floor(y)
+        if model.sticky:
+            lost = (q != y) | ((y == 0) & (p != 0))
+            q = 2 * q + lost.astype(jnp.float32)
+        terms.append(q * sign)
+    return terms
+
+
+def _fast_step(c, a, b, model: AccumulatorModel, inputs: Format, kind: str,
+               safe: bool = False):  # fmt: skip
+    """One fused step, every product formed where it is used.
+
+    ``c`` (B, M, N) float32; ``a``: the group's lhs, each (B, M, n), and ``b`` (B, n, N),
+    as :func:`_product_terms_int` or :func:`_product_terms_float` (``kind``) reads them,
+    exponents second. The group's products are written as ``n`` separate (B, M, N)
+    expressions, so XLA fuses the whole step into one elementwise loop. ``safe``: the
+    sums are never subnormal nor overflow (:func:`_in_range`).
+    """
+    acc = model.accumulator
+    n = a[0].shape[-1]
+    c_sig, c_f, c_e = _split_normal(c) if safe else _split(c, 0, acc.emin)
+    es = [a[1][..., i, None] + b[1][..., i, None, :] for i in range(n)]
+    big = functools.reduce(jnp.maximum, es, c_e)  # E
+    products = _product_terms_float if kind == "float" else _product_terms_int
+    terms = products(a, b, big, es, model, inputs)
+    g = big - model.unit_bits
+    tc = _align(c_sig, c_f, g, model)
+    if kind == "float":  # exact: whole numbers, |sum| < 2**24
+        s = functools.reduce(jnp.add, terms, tc.astype(jnp.float32)).astype(jnp.int32)
+    elif model.sum_bound < 2**31:
+        s = functools.reduce(jnp.add, terms, tc)
+    else:  # two halves that each fit in int32, added into a uint32 magnitude
+        h = (n + 1) // 2
+        s, g = _add_wide(functools.reduce(jnp.add, terms[:h]),
+                         functools.reduce(jnp.add, terms[h:], tc), g)  # fmt: skip
+    if safe:
+        return _normalise_in_range(s, g, acc, model.rounding)
+    out = _normalise(s, g, acc, model.rounding)
+    return jnp.where(jnp.isfinite(c), out, c)
+
+
+def _in_range(model: AccumulatorModel, inputs: Format, k: int) -> bool:
+    """Whether every running sum of ``k`` products of ``inputs`` values is 0 or a normal
+    number of the accumulator, so the fast paths can skip subnormals and overflow.
+
+    A nonzero sum is a multiple of its step's unit ``2**(E - u)`` with ``E >= 2 * emin``
+    (a product's exponent) or it is the previous sum, untouched (inductively at least
+    ``2**(2 * emin - u)``); it is at most ``k`` products of at most ``max**2`` each, and
+    a unit more per term when rounding to nearest (a factor 2 covers it)."""
+    acc = model.accumulator
+    small = 2 * inputs.emin - model.unit_bits
+    big = max(k, 1).bit_length() + 2 * (inputs.emax + 1) + 1
+    return acc.convention == "ieee" and small >= acc.emin and big <= acc.emax
+
+
+def _split_normal(x):
+    """:func:`_split` for float32 ``x`` that is 0 or normal: no leading-zero count."""
+    bits = lax.bitcast_convert_type(x, jnp.int32)
+    biased = (bits >> 23) & 0xFF
+    mag = jnp.where(biased == 0, 0, (bits & 0x7FFFFF) | (1 << 23))
+    return (
+        jnp.where(bits < 0, -mag, mag),
+        biased - 150,
+        jnp.where(biased == 0, _ZERO_EXP, biased - 127),
+    )
+
+
+def _normalise_in_range(s, g, acc: Format, rounding: str):
+    """:func:`_normalise` for a result that is 0 or normal in ``acc`` (:func:`_in_range`):
+    keep ``acc``'s ``m + 1`` leading bits of ``|s|`` (rounding them), convert them to
+    float32 (exact: at most 24 significant bits) and add ``g`` to the exponent field."""
+    neg = s < 0
+    mag = jnp.abs(s).astype(jnp.uint32)  # < 2**31; uint32 leaves room for rounding up
+    lead = 31 - lax.clz(mag | 1).astype(jnp.int32)  # signed: lead - m may be negative
+    drop = jnp.maximum(lead - acc.mantissa_bits, 0).astype(jnp.uint32)
+    if rounding == "nearest":  # to even; a carry gives a power of two, still exact
+        half = (jnp.uint32(1) << drop) >> 1
+        mag = mag + jnp.where(drop > 0, half - 1 + ((mag >> drop) & 1), 0)
+    q = mag & ~((jnp.uint32(1) << drop) - 1)
+    bits = lax.bitcast_convert_type(q.astype(jnp.float32), jnp.int32) + (g << 23)
+    bits = jnp.where(q == 0, 0, bits) | jnp.where(neg, jnp.int32(-(2**31)), 0)
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _pipelined_scan(step, c, xs):
+    """``c = step(c, x)`` over the leading axis of the tuple ``xs``, each step's operands
+    sliced one iteration ahead and carried in the loop state.
+
+    With ``lax.scan`` XLA fuses the slicing of ``xs`` (a dynamic slice) into the step's
+    elementwise loop, and LLVM then does not vectorise it (measured 10-20x slower on a
+    CPU); a slice carried from the previous iteration arrives as a plain buffer.
+    (Fusing two or more group steps into one loop step measured slower still.)
+    """
+    first = tuple(x[0] for x in xs)
+
+    def body(carry, i):
+        c, cur = carry
+        nxt = tuple(lax.dynamic_index_in_dim(x, i + 1, 0, keepdims=False) for x in xs)
+        return (step(c, cur), nxt), None
+
+    c, last = lax.scan(body, (c, first), jnp.arange(xs[0].shape[0] - 1))[0]
+    return step(c, last)
+
+
+def _pre_shift(model: AccumulatorModel, inputs: Format) -> int:
+    """Left shift of the lhs significands so that every product cut is a right shift."""
+    return max(0, model.unit_bits - 2 * inputs.mantissa_bits)
+
+
+def _int_ok(model: AccumulatorModel, inputs: Format) -> bool:
+    """Whether the integer path's int32 products and (half-)sums cannot overflow."""
+    prod = 2 * inputs.mantissa_bits + 2 + _pre_shift(model, inputs)
+    u = model.unit_bits
+    half = -(-model.group_size // 2) * 2 ** (u + 2) + 2 ** (u + 1)
+    return prod <= 31 and (model.sum_bound < 2**31 or half < 2**31)
+
+
+def _float_ok(model: AccumulatorModel, inputs: Format) -> bool:
+    """Whether every product of two ``inputs`` values is a normal float32 (exact), and
+    ``2**-(E - u)`` is one wherever a product is nonzero (``E >= 2 * emin``)."""
+    low = 2 * (inputs.emin - inputs.mantissa_bits)  # exponent of the smallest product
+    return (
+        _int_ok(model, inputs)
+        and model.sum_bound <= 2**24
+        and low >= -126
+        and 2 * (inputs.emax + 1) <= 127
+        and 2 * inputs.emin - model.unit_bits >= -126
+    )
+
+
+def _fma_ok(model: AccumulatorModel, inputs: Format) -> bool:
+    """Whether the model is a correctly rounded FP32 addition of one exact product at a
+    time (:data:`FP32_EXACT`: 26 kept bits and a sticky bit round correctly) and XLA's
+    float32 ``c + a * b`` computes it: products exact and normal, and every sum a
+    multiple of the smallest product, so never a (flushed) subnormal."""
+    return (
+        model.group_size == 1
+        and model.sticky
+        and model.kept_bits >= 26
+        and model.accumulator == FP32
+        and model.rounding == "nearest"
+        and 2 * (inputs.emin - inputs.mantissa_bits) >= -126
+        and 2 * (inputs.emax + 1) <= 127
+    )
+
+
+#: How ``tc_dot_general`` computes: ``"auto"`` picks ``"fma"`` for an exact FP32
+#: accumulator (a float32 multiply-add loop), ``"float"`` where it is exact (FP16, FP8
+#: inputs), else ``"int"``; ``"reference"`` is the first, unfused implementation (one
+#: (n, M, N) block per step), kept as the tests' second opinion.
+PATHS: tuple[str, ...] = ("auto", "fma", "float", "int", "reference")
+
+
+def _choose_path(path: str, model: AccumulatorModel, inputs: Format) -> str:
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; valid: {', '.join(PATHS)}")
+    ok = {
+        "fma": _fma_ok(model, inputs),
+        "float": _float_ok(model, inputs),
+        "int": _int_ok(model, inputs),
+        "reference": True,
+    }
+    if path == "auto":
+        return next(p for p in ("fma", "float", "int", "reference") if ok[p])
+    if not ok[path]:
+        raise ValueError(
+            f"path {path!r} cannot compute {model.name} on {inputs.name} exactly"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -419,8 +706,9 @@ def tc_dot_general(
     return _tc_dot_general(lhs, rhs, dims, model, inputs)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 7))
+def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format,
+                    path: str = "auto", scales=None, in_range: bool = True):  # fmt: skip
     a, b, out_shape = _canonical(lhs, rhs, dims)
     nb, m, k = a.shape
     n_out = b.shape[2]
@@ -429,29 +717,75 @@ def _tc_dot_general(lhs, rhs, dims, model: AccumulatorModel, inputs: Format):
     kp = -(-k // chunk) * chunk  # padded K: whole chunks of whole groups
     a = jnp.pad(a, ((0, 0), (0, 0), (0, kp - k)))
     b = jnp.pad(b, ((0, 0), (0, kp - k), (0, 0)))
-    drop = 23 - inputs.mantissa_bits
-    a_sig, a_f, a_e = _split(a, drop, inputs.emin)
-    b_sig, b_f, b_e = _split(b, drop, inputs.emin)
-
-    def groups(x, axis):  # (B, ..K..) -> (chunks, groups per chunk, n, B, M or N)
-        x = jnp.moveaxis(x, axis, 0).reshape(kp // chunk, chunk // n, n, nb, -1)
-        return x
-
-    ga = [groups(t, 2)[..., :, None] for t in (a_sig, a_f, a_e)]  # (C, G, n, B, M, 1)
-    gb = [groups(t, 1)[..., None, :] for t in (b_sig, b_f, b_e)]  # (C, G, n, B, 1, N)
     zero = jnp.zeros((nb, m, n_out), jnp.float32)
+    path = _choose_path(path, model, inputs)
+    if path == "fma":  # c = fl32(c + a_k b_k), several k per loop step
+        unroll = max(u for u in (1, 2, 4, 8, 16) if chunk % u == 0)
+        ga = [
+            jnp.moveaxis(
+                a.reshape(nb, m, kp // chunk, chunk // unroll, unroll), (2, 3), (0, 1)
+            )
+        ]
+        gb = [
+            jnp.moveaxis(
+                b.reshape(nb, kp // chunk, chunk // unroll, unroll, n_out), (1, 2), (0, 1)
+            )
+        ]
 
-    def tensor_core(_, xs):  # one chunk: groups in order, from zero
+        def step(c, g):
+            for i in range(unroll):
+                c = c + g[0][..., i, None] * g[1][..., i, None, :]
+            return c
+
+        run = functools.partial(_pipelined_scan, step)
+    elif path != "reference":
+        if path == "int":
+            am, ae, an = _operand(a, inputs)
+            a_ops, b_ops = (am << _pre_shift(model, inputs), ae, an), _operand(b, inputs)
+        else:
+            a_ops = (jnp.abs(a), _split(a, 0, inputs.emin)[2], jnp.where(a < 0, -1.0, 1.0))
+            b_ops = (jnp.abs(b), _split(b, 0, inputs.emin)[2], jnp.where(b < 0, -1.0, 1.0))
+        ga = [x.reshape(nb, m, kp // chunk, chunk // n, n) for x in a_ops]
+        ga = [jnp.moveaxis(x, (2, 3), (0, 1)) for x in ga]  # (C, G, B, M, n)
+        gb = [x.reshape(nb, kp // chunk, chunk // n, n, n_out) for x in b_ops]
+        gb = [jnp.moveaxis(x, (1, 2), (0, 1)) for x in gb]  # (C, G, B, n, N)
+        na = len(a_ops)
+
+        safe = in_range and _in_range(model, inputs, chunk)
+
+        def step(c, g):
+            return _fast_step(c, g[:na], g[na:], model, inputs, path, safe)
+
+        run = functools.partial(_pipelined_scan, step)
+    else:
+        drop = 23 - inputs.mantissa_bits
+        a_sig, a_f, a_e = _split(a, drop, inputs.emin)
+        b_sig, b_f, b_e = _split(b, drop, inputs.emin)
+
+        def groups(x, axis):  # (B, ..K..) -> (chunks, groups per chunk, n, B, M or N)
+            return jnp.moveaxis(x, axis, 0).reshape(kp // chunk, chunk // n, n, nb, -1)
+
+        ga = [groups(t, 2)[..., :, None] for t in (a_sig, a_f, a_e)]  # (C, G, n, B, M, 1)
+        gb = [groups(t, 1)[..., None, :] for t in (b_sig, b_f, b_e)]  # (C, G, n, B, 1, N)
+
         def step(c, g):
             return _step(c, *g, model), None
 
-        return None, lax.scan(step, zero, xs)[0]
+        def run(c, xs):
+            return lax.scan(step, c, xs)[0]
 
-    partial = lax.scan(tensor_core, None, (*ga, *gb))[1]  # (C, B, M, N)
-    if model.promote_every is None:
-        out = partial[0]
-    else:
-        out = lax.scan(lambda s, p: (_fp32_add(s, p), None), zero, partial)[0]
+    def tensor_core(total, xs):  # one chunk: groups in order, from zero
+        if scales is not None:  # the chunk's scales, applied as it is promoted
+            *xs, sa, sb = xs
+            part = (sa * sb) * run(zero, xs)
+        else:
+            part = run(zero, xs)
+        if model.promote_every is None:
+            return part, None
+        return _fp32_add(total, part), None
+
+    xs = (*ga, *gb) if scales is None else (*ga, *gb, *scales)
+    out = lax.scan(tensor_core, zero, xs)[0]
     special = ~(jnp.all(jnp.isfinite(lhs)) & jnp.all(jnp.isfinite(rhs)))
     xla = lax.dot_general(lhs, rhs, dims, precision=lax.Precision.HIGHEST)
     fix = special & ~jnp.isfinite(xla)
@@ -471,3 +805,80 @@ def tc_matmul(
     if a.ndim < 1 or b.ndim != 2 or a.shape[-1] != b.shape[0]:
         raise ValueError(f"tc_matmul needs (..., m, k) @ (k, n), got {a.shape} @ {b.shape}")
     return tc_dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), model, inputs=inputs)
+
+
+def tc_scaled_matmul(
+    a: jax.typing.ArrayLike,
+    b: jax.typing.ArrayLike,
+    a_scale: jax.typing.ArrayLike,
+    b_scale: jax.typing.ArrayLike,
+    model: str | AccumulatorModel,
+    *,
+    inputs: str | Format,
+) -> jax.Array:
+    """``(a * a_scale) @ (b * b_scale)`` as a scaled FP8 GEMM computes it: the tensor
+    core multiplies the unscaled elements, the scales are applied on promotion.
+
+    DeepSeek-V3's fine-grained FP8 GEMM (and DeepGEMM's kernel) keeps one float32 scale
+    per 1x128 block of ``a`` and per 128x128 block of ``b`` along K. The tensor core
+    adds 128 products of the elements (``model``, with ``promote_every = 128``), and
+    the CUDA cores add ``(a_scale * b_scale) * partial`` to an FP32 accumulator
+    (DeepGEMM: ``final_accum += scale_a * scale_b * accum``). Assumed here: the scale
+    product, its product with the partial sum and the addition each round to nearest
+    FP32 (the compiler may fuse the last two into one FMA, which would round once);
+    the two multiplications use XLA's float32, which flushes subnormal results to zero
+    on CPU.
+
+    Args:
+      a: ``(m, k)`` elements, on ``inputs``' grid (rounded to it otherwise).
+      b: ``(k, n)`` elements.
+      a_scale: ``(m, k // kb)`` scales, one per row and block of ``kb`` along K (or a
+        scalar: one scale for the tensor).
+      b_scale: ``(k // kb, n)`` scales (or a scalar); a 128x128 weight block's scale
+        is repeated over its 128 columns.
+      model: an :class:`AccumulatorModel` or preset name; with more than one block
+        along K it must promote once per block (``promote_every == kb``).
+      inputs: the elements' format.
+
+    Returns:
+      float32 ``(m, n)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from fpsim.numerics import tc_scaled_matmul
+      >>> x = jnp.full((1, 256), 1.125)
+      >>> s = jnp.array([[0.5, 0.25]])  # two blocks of 128 along K
+      >>> y = tc_scaled_matmul(x, x.T, s, s.T, "hopper_fp8_promote128", inputs="e4m3")
+      >>> float(y[0, 0])  # 128 * 1.125**2 = 162 per block: 162 * (0.5**2 + 0.25**2)
+      50.625
+    """
+    model = get_accumulator(model)
+    inputs = get_format(inputs)
+    _check_inputs(inputs)
+    a = quantize(jnp.asarray(a, jnp.float32), inputs)
+    b = quantize(jnp.asarray(b, jnp.float32), inputs)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"tc_scaled_matmul needs (m, k) @ (k, n), got {a.shape} @ {b.shape}"
+        )
+    (m, k), n = a.shape, b.shape[1]
+    sa = jnp.asarray(a_scale, jnp.float32)
+    sb = jnp.asarray(b_scale, jnp.float32)
+    blocks = 1 if sa.ndim == 0 else sa.shape[-1]
+    sa = jnp.broadcast_to(sa.reshape(-1, blocks) if sa.ndim else sa, (m, blocks))
+    sb = jnp.broadcast_to(sb.reshape(blocks, -1) if sb.ndim else sb, (blocks, n))
+    if k % blocks:
+        raise ValueError(f"{blocks} scale blocks do not divide K = {k}")
+    if blocks > 1 and model.promote_every != k // blocks:
+        raise ValueError(
+            f"scales per block of {k // blocks} along K are applied when the partial sum "
+            f"is promoted, so the model must promote every {k // blocks} products; "
+            f"{model.name} has promote_every={model.promote_every} (DeepSeek-V3: "
+            "'hopper_fp8_promote128' with blocks of 128)"
+        )
+    if blocks == 1 and model.promote_every is not None and model.promote_every < k:
+        chunks = -(-k // model.promote_every)  # one scale, every chunk
+        sa, sb = jnp.broadcast_to(sa, (m, chunks)), jnp.broadcast_to(sb, (chunks, n))
+    scales = (sa.T[:, None, :, None], sb[:, None, None, :])  # (C, 1, M, 1), (C, 1, 1, N)
+    dims = (((1,), (0,)), ((), ()))
+    return _tc_dot_general(a, b, dims, model, inputs, "auto", scales)

@@ -3,7 +3,11 @@
 ``fpsim figures --outdir DIR`` (or :func:`write_figures`) regenerates every PNG
 deterministically: fixed seeds, the Agg renderer, no timestamps in the files. The
 ``demo_*`` figures come from the flagship demo's default run (``fpsim demo``: five
-trainings of a small MLP on the digits data, about a minute or two on a laptop CPU).
+trainings of a small MLP on the digits data, about a minute or two on a laptop CPU),
+``lm_training_curves.png`` from the language-model demo's (``fpsim demo lm``, twelve
+trainings of a small transformer, many CPU-minutes): a figure of :data:`SLOW`, written
+only when asked for (``fpsim figures --slow``, ``write_figures(slow=True)``, or by name
+in ``--only``); otherwise the committed PNG stays as it is.
 
 To add a figure, write a function that returns a ``matplotlib.figure.Figure`` and add
 ``(file name, function)`` to :data:`FIGURES` (or call :func:`register_figure`).
@@ -105,6 +109,15 @@ def demo_gradient_histogram():
     return _demo_figure("demo_gradient_histogram.png")
 
 
+def lm_training_curves():
+    """The language-model demo's loss figure (``fpsim demo lm``, its default run, seed
+    0: twelve trainings of a small transformer; slow, see :data:`SLOW`)."""
+    from fpsim.showcase import lm_demo
+
+    results = lm_demo.run_experiment(lm_demo.DEFAULT, 0, lm_demo.RUNS, quiet=True)
+    return lm_demo.loss_figure(results)
+
+
 #: (file name, function returning a Figure): everything ``fpsim figures`` writes.
 #: The demo's figures join this list (see :func:`register_figure`).
 FIGURES: list[tuple[str, Callable]] = [
@@ -116,7 +129,12 @@ FIGURES: list[tuple[str, Callable]] = [
     ("demo_loss_scale.png", demo_loss_scale),
     ("demo_underflow_per_layer.png", demo_underflow_per_layer),
     ("demo_gradient_histogram.png", demo_gradient_histogram),
+    ("lm_training_curves.png", lm_training_curves),
 ]
+
+
+#: Figures that train a model for minutes: written only when asked for.
+SLOW: frozenset[str] = frozenset({"lm_training_curves.png"})
 
 
 def register_figure(filename: str, function: Callable) -> None:
@@ -124,8 +142,11 @@ def register_figure(filename: str, function: Callable) -> None:
     FIGURES[:] = [(n, f) for n, f in FIGURES if n != filename] + [(filename, function)]
 
 
-def write_figures(outdir="figures", only=None) -> list[Path]:
+def write_figures(outdir="figures", only=None, slow: bool = False) -> list[Path]:
     """Write every figure of :data:`FIGURES` (or those named in ``only``) to ``outdir``.
+
+    Without ``only``, the figures of :data:`SLOW` are left out unless ``slow``; named in
+    ``only`` they are written.
 
     Raises:
       ValueError: a name in ``only`` that is not a figure.
@@ -139,6 +160,8 @@ def write_figures(outdir="figures", only=None) -> list[Path]:
     written = []
     for name, function in FIGURES:
         if only and name not in only:
+            continue
+        if not only and not slow and name in SLOW:
             continue
         fig = function()
         written.append(save(fig, Path(outdir) / name))

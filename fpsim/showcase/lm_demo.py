@@ -29,51 +29,83 @@ through the softmax's Jacobian and are smaller still; the residual stream's (the
 gradients of ``attn/out`` and ``mlp_out``) are not. FP8's E5M2 (smallest subnormal
 ``2**-16`` = 1.5e-5) loses far more without a scale.
 
-Measured (``fpsim demo lm``, seed 0: two blocks, 300 steps of 16 x 64 characters;
-"lost" is the share of the *nonzero* activation-gradient values that the backward pass
-flushed to zero, all layers pooled, mean over the last quarter of the steps; "ppl" the
-held-out perplexity; the character frequencies alone give 3.313 nats, ppl 27.5):
+Today's recipes (the last five runs) quantize inside the three GEMMs of every
+``Dense``/``DenseGeneral`` but the head (forward, input gradient, weight gradient; each
+operand along the axis that GEMM contracts). Each is a policy (:func:`run_policy`):
+``get_policy("bf16_mixed").replace(name="nvfp4", recipe="nvfp4").with_overrides(("head",
+"bf16_mixed"))``. Around the GEMMs the network is the bf16 run's (BF16 layer inputs,
+outputs and activation gradients, float32 master weights, norms and embeddings in
+float32), as Transformer Engine runs its recipes inside BF16 autocast, so each recipe
+row reads against bf16. The head stays out (62 outputs, a multiple of no block; the
+recipes keep the last layers in higher precision too). The sizes fit every recipe's
+blocks: width 128 (DeepSeek-V3's 128x128 weight tiles), MLP 512, ``batch * context =
+1024`` tokens per step and 4096 held out (1x128 and 1x16 blocks along the tokens of the
+weight-gradient GEMM). A recipe run's step records what its GEMMs' quantization lost
+(``make_train_step(..., watch=False, recipe_stats=True)``: per layer, the six operands'
+flushed and clipped shares and block-scale exponents); a format run's step records its
+element casts (``watch=True``). The three NVFP4 ablations (:data:`ABLATIONS`: no
+Hadamard transform, no stochastic rounding, 1x16 weight blocks) are not in the default
+list: ``--runs 'nvfp4*'`` trains them.
 
-=======================  ========  =====  =======  ========================================
-run                      held out  ppl    lost     what happened
-=======================  ========  =====  =======  ========================================
-float32                  2.319     10.17  0        the reference
-bf16                     2.345     10.44  0        float32's range: nothing flushes; 8 bits
-                                                   cost 0.03 nats by step 300
-fp16 (no loss scaling)   2.356     10.55  4.4%     grows as predictions sharpen (0.3% at
-                                                   step 0); 14-19% of block1's query, key,
-                                                   value and of the head's gradients; none
-                                                   in the residual stream or the norms
-fp16 + loss scaling      2.343     10.41  0.06%    the same pure-FP16 casts; GradScaler's
-                                                   2**16 (grown to 2**18, no step skipped)
-                                                   lifts the gradients into range
-fp8 delayed scaling      2.360     10.59  0.03%    25% lost at step 0 (scale 1 while the
-                                                   amax history is empty), then scales of
-                                                   about 2**26 (gradients) and 2**6.6
-                                                   (inputs) keep them; a few values per
-                                                   million saturate
-fp8 naive                3.284     26.69  70%      E5M2's smallest subnormal is 2**-16:
-                                                   every matrix layer's gradient flushes
-                                                   (100% by step ~50); only the float32
-                                                   embeddings and norms still learn
-=======================  ========  =====  =======  ========================================
+Measured (``fpsim demo lm``, seed 0: two blocks, 200 steps of 16 x 64 characters;
+"loss" the mean training loss over the last 20 steps, the same batches for every run;
+"held out" the loss on held-out text, "ppl" its exp; "lost" a share of the *nonzero*
+gradient values flushed to zero, all layers pooled, mean over the last quarter of the
+steps: for a format run the activation gradients at the backward casts, for a recipe
+run the output gradient ``g`` as the input- and weight-gradient GEMMs quantize it
+(``dgrad_g``, ``wgrad_g``: flushed by its block's scale); "sat" the share that
+saturated: layer inputs and activation gradients at the casts, or the six GEMM
+operands clipped at their block's max; the character frequencies alone give 3.313
+nats, ppl 27.5):
 
-So: pure FP16 without loss scaling loses 4% of its gradients, most in the attention
-projections of the top block, and ends 0.013 nats behind the same casts with loss
-scaling (a small cost with Adam, which rescales every weight's update, but one that
-grows as the predictions sharpen; both lose 0.02-0.03 nats to float32 by rounding
-everything, weights included, to FP16). FP8 without scales stalls at step ~20 near
-the loss of a context-free model (training loss 3.1-3.25 from step 50 on): the
-recipe fails for the reason E5M2's range gives, not for a bug. With ``--fast`` (one
-block, 80 steps) the same picture is weaker: fp16 without loss scaling loses 1.0%
-and matches float32's loss; fp8 naive loses 56% and ends at 2.785 against 2.625.
+=======================  =====  ========  =====  =======  =======  =======================
+run                      loss   held out  ppl    lost     sat      what happened
+=======================  =====  ========  =====  =======  =======  =======================
+float32                  2.446  2.476     11.89  0        0        the reference
+bf16                     2.446  2.490     12.07  0        0        float32's range
+fp16 (no loss scaling)   2.448  2.484     11.99  4.16%    0        lost grows as
+                                                                   predictions sharpen
+fp16 + loss scaling      2.448  2.482     11.96  0.01%    0        2**16 lifts them
+fp16 adaptive (zhao)     2.449  2.484     11.99  1.77%    0        per-layer scales save
+                                                                   part
+fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  2.6e-07  amax-history scales
+fp8 naive                3.181  3.271     26.33  70.65%   0        E5M2 flushes; stalls
+fp8_current              2.449  2.494     12.11  0.02%    2.0e-07  as bf16
+fp8_blockwise            2.444  2.480     11.94  0.19%    0.02%    as bf16
+mxfp8                    2.455  2.499     12.17  0.11%    0        as bf16
+nvfp4                    2.460  2.516     12.38  11.26%   3.24%    +0.014 over bf16
+mxfp4_naive              2.464  2.524     12.48  27.87%   2.43%    +0.018 over bf16
+=======================  =====  ========  =====  =======  =======  =======================
 
-Time: the default run used 464 s of CPU (7.7 minutes) and ``--fast`` 156 s, measured
-on a 2-core machine shared with other jobs (22 and 8.6 minutes of wall time there), so
-an idle 2-core laptop takes about as long as the CPU time. About 20 s of CPU per run
-is tracing and compiling its step (the simulated formats and the per-layer
-statistics); a step then takes 0.1-0.25 s (more with more recipes: plan the run
-list's length with that).
+So: the classic lesson holds at 200 steps (pure FP16 loses 4% of its gradients without
+loss scaling, 0.01% with it; FP8 without scales stalls at step ~20 near the loss of a
+context-free model). Zhao et al.'s rule chooses the smallest scale that keeps the
+*product* ``g W^T`` from underflowing, not ``g`` itself: it cuts pure FP16's loss to
+1.77% without matching one global loss scale. The three 8-bit recipes train like
+bf16 (training losses within 0.009 of it) and flush 0.02-0.19% of their gradient
+elements. The FP4 recipes pay (+0.014 and +0.018 nats on the training loss, up to
+0.09 over the first 50 steps: the loss figure's last panel) and their GEMMs flush a
+real share of the gradient: 11% for NVFP4 (16-element blocks, E4M3 scales, stochastic
+rounding), 28% for naive MXFP4 (32-element blocks, power-of-two scales), most in
+``mlp_in`` (a 512-wide output gradient) and, for MXFP4, in the attention projections
+(the per-layer heat map); they clip 2-3% of the elements (their block maxima saturate
+E2M1's 6). The NVFP4 ablations (``--runs 'nvfp4*'``, measured before this table
+through :func:`fpsim.nn.with_recipe`) each ended within 0.002 of nvfp4's training
+loss: each ingredient buys something a 200-step run of a 2-block model does not need
+(stochastic rounding makes the gradient unbiased at the price of more error per step;
+the Hadamard transform spreads outliers this model does not develop; 16x16 weight
+tiles keep fprop and dgrad on the same quantized weight). With ``--fast`` (one block,
+80 steps, five runs: float32, fp16 without loss scaling, fp8 naive, nvfp4,
+mxfp4_naive) fp16 loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), nvfp4
+and mxfp4_naive end within 0.009 of float32 and lose 10.6% and 23.4% of their
+gradients in the GEMMs.
+
+Time (CPU time of the whole process, on the project's 2-core machine shared with
+other jobs): the default run 539 s (1125 s of wall time at load average 5-10),
+``--fast`` 101 s (312 s wall at load 8-10). Per run, tracing and compiling its
+programs costs 14-61 s of that wall time (NVFP4's bit-exact two-level scaling makes the
+largest); the 200 steps then take 28-69 s of wall time. Recording the recipe GEMMs'
+statistics adds about one more quantization of every operand per step.
 
 Adding a run is one entry of :data:`RUNS` (a :class:`RunSpec`): a name, a policy
 preset of :mod:`fpsim.nn` (or a :class:`fpsim.nn.Policy`), whether to use dynamic loss
@@ -83,6 +115,7 @@ scaling, and the one line that says what it shows.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import math
 import sys
@@ -104,16 +137,39 @@ class RunSpec(NamedTuple):
 
     Attributes:
       name: the row label of the table and the figures.
-      policy: a :mod:`fpsim.nn` preset name or a :class:`fpsim.nn.Policy`.
+      policy: a :mod:`fpsim.nn` preset name, a :class:`fpsim.nn.Policy`, or a function
+        of no arguments that builds one when training starts (so that :data:`RUNS`
+        stays importable without Flax).
       loss_scaling: wrap Adam in :func:`fpsim.optim.dynamic_loss_scaling` (PyTorch
         GradScaler's rules, growth every ``LOSS_SCALE_GROWTH`` good steps).
       lesson: what the run shows, in one line.
+      recipe: a GEMM-level training recipe (a :data:`fpsim.nn.RECIPES` name), or None.
+        The run's policy is then ``policy`` with ``recipe`` set and the layers of
+        :data:`RECIPE_SKIP` overridden back to ``policy`` (:func:`run_policy`): every
+        ``Dense``/``DenseGeneral`` but the head quantizes the operands of its three
+        GEMMs as the recipe says, and the step records what that quantization lost.
     """
 
     name: str
     policy: Any
     loss_scaling: bool = False
     lesson: str = ""
+    recipe: Any = None
+
+
+def zhao_policy():
+    """``fp16_pure`` with Zhao et al.'s layer-wise adaptive loss scaling (built when
+    training starts: :data:`RUNS` holds no Flax objects)."""
+    import fpsim.nn
+
+    return fpsim.nn.get_policy("fp16_pure").replace(
+        name="fp16_adaptive_zhao", adaptive=fpsim.nn.AdaptiveLossScaling(rule="zhao")
+    )
+
+
+def _recipe_run(name: str, lesson: str) -> RunSpec:
+    # around the GEMMs the network runs in BF16 (bf16_mixed), as Transformer Engine's
+    return RunSpec(name, "bf16_mixed", recipe=name, lesson=lesson)
 
 
 #: The runs, in table order. Add a recipe by adding an entry.
@@ -132,6 +188,11 @@ RUNS: tuple[RunSpec, ...] = (
         lesson="the same casts; the loss times 2^k lifts the gradients into range",
     ),
     RunSpec(
+        "fp16 adaptive (zhao)",
+        zhao_policy,
+        lesson="per-layer scales from gradient and weight statistics (Zhao et al. 2019)",
+    ),
+    RunSpec(
         "fp8 delayed scaling",
         "fp8_hybrid",
         lesson="E4M3/E5M2 with per-tensor scales from an amax history (TE, 2022)",
@@ -141,9 +202,40 @@ RUNS: tuple[RunSpec, ...] = (
         "fp8_naive",
         lesson="the same casts without scales: E5M2 flushes the gradients",
     ),
+    # today's recipes: each GEMM quantizes its two operands (fpsim.nn.RECIPES)
+    _recipe_run("fp8_current", "E4M3/E5M2, one scale per tensor from its amax now"),
+    _recipe_run(
+        "fp8_blockwise", "E4M3 in 1x128 tiles, weights in 128x128 blocks (DeepSeek-V3)"
+    ),
+    _recipe_run("mxfp8", "E4M3 in blocks of 32 with power-of-two scales (OCP MX)"),
+    _recipe_run("nvfp4", "E2M1 in 1x16 blocks, 16x16 weight tiles, SR gradients, Hadamard"),
+    _recipe_run(
+        "mxfp4_naive", "E2M1 in blocks of 32, power-of-two scales, none of NVFP4's care"
+    ),
 )
 
+#: NVFP4 with one ingredient off: not in the default list (each costs a run as long
+#: as nvfp4's, and at this size none differs measurably from it); ``--runs 'nvfp4*'``.
+ABLATIONS: tuple[RunSpec, ...] = (
+    _recipe_run(
+        "nvfp4_no_rht", "NVFP4 without the random Hadamard transform of the wgrad GEMM"
+    ),
+    _recipe_run(
+        "nvfp4_no_sr", "NVFP4 with gradients rounded to nearest: a biased gradient"
+    ),
+    _recipe_run(
+        "nvfp4_1d_weights",
+        "NVFP4 with 1x16 weight blocks: fprop and dgrad see different weights",
+    ),
+)
+
+#: Every run ``--runs`` can name.
+ALL_RUNS: tuple[RunSpec, ...] = RUNS + ABLATIONS
+
 LOSS_SCALE_GROWTH = 100
+#: Layers a recipe leaves alone: the head (62 outputs, not a multiple of any block; the
+#: recipes keep the last layer in higher precision too).
+RECIPE_SKIP = ("head",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +258,7 @@ class LMConfig:
     heads: int = 4
     context: int = 64
     batch: int = 16
-    steps: int = 300
+    steps: int = 200
     learning_rate: float = 3e-3
     eval_windows: int = 64
 
@@ -184,6 +276,38 @@ class LMConfig:
 #: ``fpsim demo lm``; ``--fast`` (one block instead of two, fewer steps).
 DEFAULT = LMConfig()
 FAST = dataclasses.replace(DEFAULT, depth=1, steps=80)
+
+
+#: What ``--fast`` runs unless ``--runs`` says otherwise: the classic formats' lesson
+#: in three runs and the 4-bit recipes' in two.
+FAST_RUNS_NAMES = ("float32", "fp16 (no loss scaling)", "fp8 naive", "nvfp4",
+                   "mxfp4_naive")  # fmt: skip
+
+
+def select_runs(patterns: str | tuple[str, ...], runs: tuple[RunSpec, ...] = ALL_RUNS):
+    """The runs whose names match ``patterns``, in table order.
+
+    ``patterns`` is a comma-separated string (``"float32,fp16*,nvfp4*"``) or a tuple
+    of fnmatch patterns, matched case-insensitively against :attr:`RunSpec.name`.
+    A pattern that matches no run raises ``ValueError`` naming the valid names.
+    """
+    if isinstance(patterns, str):
+        patterns = tuple(p.strip() for p in patterns.split(","))
+    patterns = tuple(p for p in patterns if p)
+    names = ", ".join(repr(r.name) for r in runs)
+    if not patterns:
+        raise ValueError(f"no run named; valid runs: {names}")
+
+    def match(r: RunSpec, p: str) -> bool:
+        return fnmatch.fnmatchcase(r.name.lower(), p.lower())
+
+    for p in patterns:
+        if not any(match(r, p) for r in runs):
+            raise ValueError(f"no run matches {p!r}; valid runs: {names}")
+    return tuple(r for r in runs if any(match(r, p) for p in patterns))
+
+
+FAST_RUNS: tuple[RunSpec, ...] = select_runs(FAST_RUNS_NAMES)
 
 
 # --------------------------------------------------------------------------------------
@@ -307,23 +431,29 @@ def layer_order(names) -> list[str]:
 class RunResult(NamedTuple):
     """One training run, recorded step by step (numpy arrays over steps).
 
-    ``flushed`` and ``saturated`` are per layer (``{layer: float[steps]}``);
-    ``scale_log2`` holds the log2 of each delayed per-tensor scale
-    (``{"<layer> grad" | "<layer> input": float[steps]}``, empty for unscaled runs).
+    ``flushed`` and ``saturated`` are per layer (``{layer: float[steps]}``): for a
+    format run from the element casts' statistics, for a recipe run from its GEMMs'
+    quantization (see :func:`step_summary`). ``scale_log2`` holds the log2 of each
+    delayed or adaptive per-tensor scale (``{"<layer> grad" | "<layer> input":
+    float[steps]}``, empty for unscaled runs); ``block_scales`` a recipe's histogram of
+    scale exponents, all layers and steps (``{"activations" | "weights" | "gradients":
+    int64[255]}`` over :data:`fpsim.blocks.EXPONENTS`, empty for a format run).
     """
 
     name: str
     loss: np.ndarray
     loss_scale: np.ndarray
     finite: np.ndarray
-    grads_lost: np.ndarray  # fraction of nonzero activation-gradient values flushed
-    saturated_all: np.ndarray  # fraction of nonzero inputs and gradients that overflowed
+    grads_lost: np.ndarray  # fraction of nonzero gradient values flushed (see table)
+    saturated_all: np.ndarray  # fraction of nonzero values that overflowed / clipped
     flushed: dict[str, np.ndarray]
     saturated: dict[str, np.ndarray]
     scale_log2: dict[str, np.ndarray]
     held_out_loss: float
     seconds: float
     compile_seconds: float
+    recipe: str | None = None  # the GEMM recipe's name, None for a policy-only run
+    block_scales: dict[str, np.ndarray] = {}
 
 
 def _overflow_and_nonzero(st):
@@ -331,14 +461,68 @@ def _overflow_and_nonzero(st):
     return c.overflow, c.underflow + c.subnormal + c.normal + c.overflow
 
 
+#: A recipe's six GEMM operands by what they hold (the scale histogram's groups); the
+#: gradients are the output gradient ``g`` as the input- and weight-gradient GEMMs
+#: quantize it (along the outputs and along the tokens).
+OPERANDS = {
+    "activations": ("fprop_x", "wgrad_x"),
+    "weights": ("fprop_w", "dgrad_w"),
+    "gradients": ("dgrad_g", "wgrad_g"),
+}
+
+
+def _pooled(summaries, field: str):
+    """Of the summaries' nonzero elements together, the fraction ``field`` counts."""
+    import jax.numpy as jnp
+
+    n = sum(s.nonzero.astype(jnp.float32) for s in summaries)
+    hit = sum(getattr(s, field) * s.nonzero.astype(jnp.float32) for s in summaries)
+    return hit, n
+
+
+def _recipe_summary(recipe_stats) -> dict:
+    """Per layer and pooled: gradient elements flushed (``dgrad_g``, ``wgrad_g``),
+    elements of all six operands clipped at their block's max, scale histograms."""
+    import jax.numpy as jnp
+
+    flushed, saturated = {}, {}
+    lost = jnp.zeros(2, jnp.float32)  # (flushed, nonzero), all layers
+    clipped = jnp.zeros(2, jnp.float32)
+    hist = {k: jnp.zeros(255, jnp.int32) for k in OPERANDS}
+    for layer, rs in recipe_stats.items():
+        grads = [getattr(rs, f) for f in OPERANDS["gradients"]]
+        every = [getattr(rs, f) for fs in OPERANDS.values() for f in fs]
+        hit, n = _pooled(grads, "underflow")
+        flushed[layer] = hit / jnp.maximum(n, 1)
+        lost = lost + jnp.stack([hit, n])
+        hit, n = _pooled(every, "saturated")
+        saturated[layer] = hit / jnp.maximum(n, 1)
+        clipped = clipped + jnp.stack([hit, n])
+        for kind, fields in OPERANDS.items():
+            for f in fields:
+                hist[kind] = hist[kind] + getattr(rs, f).exponent_counts
+    return {
+        "grad_underflow": lost[0] / jnp.maximum(lost[1], 1),
+        "flushed": flushed,
+        "saturated": saturated,
+        "saturated_all": clipped[0] / jnp.maximum(clipped[1], 1),
+        "scale_log2": {},
+        "block_scales": hist,
+    }
+
+
 def step_summary(metrics) -> dict:
     """The few numbers per step the demo keeps (computed inside jit, so the per-layer
-    histograms never leave the device)."""
+    histograms never leave the device). With ``metrics["recipe"]`` (a recipe run) the
+    statistics are the recipe GEMMs' (:func:`_recipe_summary`), else the element
+    casts' (``metrics["layers"]``)."""
     import jax.numpy as jnp
 
     from fpsim.nn._stats import nonzero_fraction_lost
 
     out = {k: metrics[k] for k in ("loss", "loss_scale", "finite", "grad_underflow")}
+    if "recipe" in metrics:
+        return {**out, **_recipe_summary(metrics["recipe"])}
     flushed, saturated, scales = {}, {}, {}
     over_all = jnp.zeros((), jnp.int32)
     nonzero_all = jnp.zeros((), jnp.int32)
@@ -359,7 +543,23 @@ def step_summary(metrics) -> dict:
     out["saturated"] = saturated
     out["saturated_all"] = over_all / jnp.maximum(nonzero_all, 1)
     out["scale_log2"] = scales
+    out["block_scales"] = {}
     return out
+
+
+def run_policy(spec: RunSpec):
+    """The :class:`fpsim.nn.Policy` a run trains under: ``spec.policy`` (built, if a
+    function), with ``spec.recipe`` set and :data:`RECIPE_SKIP` overridden back to the
+    policy without it (e.g. ``get_policy("bf16_mixed").replace(name="nvfp4",
+    recipe="nvfp4").with_overrides(("head", "bf16_mixed"))``)."""
+    import fpsim.nn
+
+    base = spec.policy() if callable(spec.policy) else spec.policy
+    base = fpsim.nn.get_policy(base)
+    if spec.recipe is None:
+        return base
+    recipe = base.replace(name=spec.name, recipe=spec.recipe)
+    return recipe.with_overrides(*((layer, base) for layer in RECIPE_SKIP))
 
 
 def _optimizer(spec: RunSpec, config: LMConfig):
@@ -375,7 +575,11 @@ def _optimizer(spec: RunSpec, config: LMConfig):
 
 
 def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunResult:
-    """Train one run of the demo and record it."""
+    """Train one run of the demo and record it.
+
+    A recipe run's step collects the recipe's GEMM statistics only (``watch=False,
+    recipe_stats=True``: the element casts around the GEMMs are BF16's, which flush
+    and clip nothing here); a format run's the element casts' statistics."""
     import jax
     import jax.numpy as jnp
 
@@ -383,8 +587,13 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
 
     data = corpus()
     model = make_model(data.vocab, config)
+    policy = run_policy(spec)
     optimizer, loss_scale = _optimizer(spec, config)
-    ts = fpsim.nn.make_train_step(model, spec.policy, optimizer, loss_scale=loss_scale)
+    recipe = spec.recipe is not None
+    ts = fpsim.nn.make_train_step(
+        model, policy, optimizer, loss_scale=loss_scale, watch=not recipe,
+        recipe_stats=recipe,
+    )  # fmt: skip
     step = jax.jit(lambda s, b: (lambda s2, m: (s2, step_summary(m)))(*ts.step(s, b)))
     rng = np.random.default_rng(seed)
     hi = len(data.train) - config.context - 1
@@ -407,7 +616,7 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         rows.append(summary)
         if progress is not None:
             progress.update(1)
-    held_out = _held_out_loss(ts, spec.policy, state, data, config)
+    held_out = _held_out_loss(ts, policy, state, data, config)
 
     def series(key):
         return np.asarray([r[key] for r in rows], np.float64)
@@ -416,6 +625,11 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         names = layer_order(rows[0][key])
         return {k: np.asarray([r[key][k] for r in rows], np.float64) for k in names}
 
+    scales = {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)}
+    block_scales = {
+        k: np.sum([r["block_scales"][k] for r in rows], axis=0, dtype=np.int64)
+        for k in rows[0]["block_scales"]
+    }
     return RunResult(
         spec.name,
         series("loss"),
@@ -425,10 +639,12 @@ def train_one(spec: RunSpec, config: LMConfig, seed: int, progress=None) -> RunR
         series("saturated_all"),
         per_layer("flushed"),
         per_layer("saturated"),
-        {k: v for k, v in per_layer("scale_log2").items() if np.any(v != 0)},
+        scales,
         held_out,
         seconds,
         compile_seconds,
+        None if spec.recipe is None else fpsim.nn.get_recipe(spec.recipe).name,
+        block_scales,
     )
 
 
@@ -495,9 +711,12 @@ def final_loss(r: RunResult) -> float:
     return float(np.mean(_tail(r.loss, 10)))
 
 
-def _share(x: float) -> str:
-    """A share for the table: a percentage, or scientific notation when tiny."""
-    return "0" if x == 0 else f"{x:.2%}" if x >= 1e-4 else f"{x:.1e}"
+def _share(x: float, digits: int = 2) -> str:
+    """A share for the table: a percentage, scientific notation when tiny, ``-`` when
+    not measured (NaN)."""
+    if math.isnan(x):
+        return "-"
+    return "0" if x == 0 else f"{x:.{digits}%}" if x >= 1e-4 else f"{x:.1e}"
 
 
 def summary_table(results, entropy: float | None = None) -> str:
@@ -515,7 +734,7 @@ def summary_table(results, entropy: float | None = None) -> str:
         ratio = ppl / ref_ppl if math.isfinite(ppl) else math.inf
         lines.append(
             f"{r.name:24} {final_loss(r):6.3f} {r.held_out_loss:8.3f} {ppl:6.2f} "
-            f"{ratio:6.2f}x {np.mean(_tail(r.grads_lost, 4)):10.2%} "
+            f"{ratio:6.2f}x {_share(np.mean(_tail(r.grads_lost, 4)), 2):>10} "
             f"{_share(np.mean(_tail(r.saturated_all, 4))):>9} {int((~r.finite).sum()):7d} "
             f"{r.seconds:5.1f}s"
         )
@@ -526,13 +745,22 @@ def summary_table(results, entropy: float | None = None) -> str:
         "  exp (perplexity); vs fp32: perplexity divided by float32's.",
         f"  For scale: the character frequencies alone give {entropy:.3f} "
         f"(perplexity {math.exp(entropy):.1f}).",
-        "grads lost: activation-gradient values flushed to zero in the backward pass, as",
-        "  a share of the nonzero values, all layers, mean over the last quarter of steps.",
-        "saturated: layer inputs and activation gradients that overflowed the format",
-        "  (clamped to +-max, or inf/NaN), as a share of the nonzero values, same steps.",
+        "grads lost: gradient values flushed to zero, as a share of the nonzero ones,",
+        "  all layers pooled, mean over the last quarter of steps. Format runs: the",
+        "  activation gradients at the casts of the backward pass. Recipe runs: the",
+        "  output gradient as the input- and weight-gradient GEMMs quantize it (flushed",
+        "  by its block's scale; the casts around the GEMMs are BF16's).",
+        "saturated: format runs: layer inputs and activation gradients that overflowed",
+        "  the format (clamped to +-max, or inf/NaN); recipe runs: elements of the six",
+        "  GEMM operands clipped at their block's max; share of the nonzero, same steps.",
         "skipped: steps the loss scaler rejected because a gradient overflowed.",
         "time: training loop after compilation (fpsim simulates formats in software).",
     ]
+    if not any(r.name in {a.name for a in ABLATIONS} for r in results):
+        lines.append(
+            "NVFP4 ablations (" + ", ".join(a.name for a in ABLATIONS) + "): "
+            "--runs 'nvfp4*'."
+        )
     return "\n".join(lines)
 
 
@@ -540,18 +768,22 @@ def summary_table(results, entropy: float | None = None) -> str:
 # figures
 # --------------------------------------------------------------------------------------
 def scale_exponents(r: RunResult) -> dict[str, np.ndarray]:
-    """The scale exponents a run used, by kind of tensor (the histogram figure's data).
+    """The scale exponents a run used, by kind of tensor (the histogram figure's data):
+    ``{kind: int64[255]}``, counts over :data:`fpsim.blocks.EXPONENTS` (-127..127).
 
-    Today: log2 of the per-tensor delayed scales of layer inputs and activation
-    gradients, all layers and steps pooled (``{"input": ..., "grad": ...}``; empty for
-    runs without scales). This is the hook for block-scaled recipes: a recipe whose
-    statistics carry per-block scale exponents adds them here under its own key.
+    A format run with per-tensor scales (delayed, adaptive): the exponent
+    (``floor(log2)``) of every layer's input and activation-gradient scale, one count
+    per tensor and step (``"input"``, ``"grad"``). A recipe run: the exponent of every
+    block's scale, all layers and steps (``"activations"``, ``"weights"``,
+    ``"gradients"``: :data:`OPERANDS`). Empty for a run without scales.
     """
-    out: dict[str, list] = {}
+    out: dict[str, np.ndarray] = {}
     for key, values in r.scale_log2.items():
         kind = key.rsplit(" ", 1)[-1]
-        out.setdefault(kind, []).append(values)
-    return {k: np.concatenate(v) for k, v in out.items()}
+        e = np.clip(np.floor(values), -127, 127).astype(np.int64) + 127
+        out[kind] = out.get(kind, 0) + np.bincount(e, minlength=255)
+    out.update({k: v for k, v in r.block_scales.items() if v.sum()})
+    return out
 
 
 def _heatmaps(results, field: str, label: str, title: str, empty: str):
@@ -565,17 +797,87 @@ def _heatmaps(results, field: str, label: str, title: str, empty: str):
         ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
         ax.set_title(title)
         return fig
-    rows = len(getattr(shown[0], field))
-    fig, axes = new_figure((9, (0.22 * rows + 1.6) * len(shown)), rows=len(shown))
-    for ax, r in zip(axes, shown, strict=True):
+    rows = max(len(getattr(r, field)) for r in shown)
+    cols = 1 if len(shown) < 3 else 2  # two columns keep a long list readable
+    panels = -(-len(shown) // cols)
+    fig, _ = new_figure((9 * cols, (0.18 * rows + 1.5) * panels))
+    fig.clear()
+    axes = fig.subplots(panels, cols, squeeze=False).ravel()
+    for ax in axes[len(shown) :]:
+        ax.remove()
+    for ax, r in zip(axes, shown, strict=False):
         top = max(float(np.max(v)) for v in getattr(r, field).values())
+        where = "recipe GEMMs" if r.recipe is not None else "casts"
         fpsim.plot.underflow_heatmap(
             getattr(r, field),
             ax=ax,
             label=label,
-            title=f"{r.name}: {title} (colours up to {_share(top)})",
+            title=f"{r.name} ({where}): colours up to {_share(top)}",
         )
         ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def recipe_family(r: RunResult) -> str:
+    """The loss figure's panel of a run: ``"formats"`` (a policy only), or the element
+    width of its recipe's operands (``"8-bit recipes"``, ``"4-bit recipes"``)."""
+    if r.recipe is None:
+        return "formats"
+    import fpsim.nn
+
+    element = fpsim.nn.get_recipe(r.recipe).activation.element
+    bits = getattr(element, "bits", 8)  # MXINT8's elements are "int8"
+    return f"{bits}-bit recipes"
+
+
+def _reference(results, names=("bf16", "float32")):
+    """The recipe panels' baseline: the BF16 run (the recipes run in BF16 around their
+    GEMMs), else float32, else None."""
+    by_name = {r.name: r for r in results}
+    return next((by_name[n] for n in names if n in by_name), None)
+
+
+def loss_figure(results):
+    """Training loss of every run: one panel of whole-network formats (loss curves),
+    one per family of GEMM recipes (loss minus the reference run's, same batches)."""
+    import fpsim.plot
+    from fpsim.plot import new_figure
+    from fpsim.showcase.mlp_demo import running_mean
+
+    window = max(len(results[0].loss) // 20, 1)
+    panels: dict[str, list] = {}
+    for r in results:
+        panels.setdefault(recipe_family(r), []).append(r)
+    ref = _reference(results)
+    fig, axes = new_figure((8, 4.2 * len(panels)), rows=len(panels))
+    entropy = unigram_entropy(corpus().train)
+    for ax, (family, runs) in zip(axes, panels.items(), strict=True):
+        if family == "formats" or ref is None:
+            fpsim.plot.training_curves(
+                {r.name: running_mean(r.loss, window) for r in runs},
+                ax=ax,
+                ylabel=f"training loss, nats/char\n(mean of {window} steps)",
+                title="A character-level transformer on Shakespeare, one run per format"
+                if family == "formats"
+                else f"{family}: training loss",
+            )
+            ax.axhline(entropy, color="0.4", linewidth=1, linestyle=":")
+            ax.annotate(
+                f"character frequencies alone: {entropy:.2f}", (0, entropy),
+                xytext=(4, 4), textcoords="offset points", fontsize=8, color="0.3",
+            )  # fmt: skip
+            continue
+        fpsim.plot.training_curves(
+            {r.name: running_mean(r.loss - ref.loss, window) for r in runs},
+            ax=ax,
+            ylabel=f"loss minus {ref.name}'s, nats/char\n(mean of {window} steps)",
+            title=f"{family} (every Dense but the head), against {ref.name}: "
+            "same batches, same start",
+        )
+        ax.axhline(0, color="0.4", linewidth=1, linestyle=":")
+    for ax in axes:
+        ax.legend(fontsize=8, ncols=2)
     return fig
 
 
@@ -583,61 +885,62 @@ def figures(results) -> dict[str, Any]:
     """The demo's figures, by file name."""
     import fpsim.plot
     from fpsim.plot import new_figure
-    from fpsim.showcase.mlp_demo import running_mean
 
-    out = {}
-    entropy = unigram_entropy(corpus().train)
-    fig, (ax,) = new_figure((8, 4.8))
-    window = max(len(results[0].loss) // 20, 1)
-    fpsim.plot.training_curves(
-        {r.name: running_mean(r.loss, window) for r in results},
-        ax=ax,
-        ylabel=f"training loss, nats/char (mean of {window} steps)",
-        title="A character-level transformer on Shakespeare, one run per recipe",
-    )
-    ax.axhline(entropy, color="0.4", linewidth=1, linestyle=":")
-    ax.annotate(
-        f"character frequencies alone: {entropy:.2f}",
-        (0, entropy),
-        xytext=(4, 4),
-        textcoords="offset points",
-        fontsize=8,
-        color="0.3",
-    )
-    out["lm_training_curves.png"] = fig
+    out = {"lm_training_curves.png": loss_figure(results)}
     out["lm_flushed_per_layer.png"] = _heatmaps(
         results,
         "flushed",
         "share of nonzero\ngradient values\nflushed to zero",
-        "activation gradients flushed per layer",
-        "no run flushed any activation gradient to zero",
+        "Gradients flushed to zero per layer: activation gradients at the casts "
+        "(format runs),\nthe output gradient in the input- and weight-gradient GEMMs "
+        "(recipe runs)",
+        "no run flushed any gradient to zero",
     )
     out["lm_saturated_per_layer.png"] = _heatmaps(
         results,
         "saturated",
-        "share of nonzero\ninputs and gradients\nthat overflowed",
-        "inputs and gradients saturated per layer",
-        "no run saturated (overflowed) any layer input or activation gradient",
+        "share of nonzero\nvalues that\noverflowed",
+        "Values saturated per layer: inputs and activation gradients at the casts "
+        "(format runs),\nthe six GEMM operands clipped at their block's max (recipe "
+        "runs)",
+        "no run saturated (overflowed) any value",
     )
     scaled = [(r, scale_exponents(r)) for r in results]
     scaled = [(r, e) for r, e in scaled if e]
     if scaled:
-        fig, axes = new_figure((8, 3.2 * len(scaled)), rows=len(scaled))
-        for ax, (r, exps) in zip(axes, scaled, strict=True):
-            lo = math.floor(min(v.min() for v in exps.values()))
-            hi = math.ceil(max(v.max() for v in exps.values())) + 1
-            bins = np.arange(lo, hi + 1)
-            for i, (kind, v) in enumerate(sorted(exps.items())):
+        fig, axes = new_figure((8, 2.6 * len(scaled)), rows=len(scaled))
+        from fpsim.blocks import EXPONENTS
+
+        exps = np.asarray(EXPONENTS)
+        for ax, (r, hists) in zip(axes, scaled, strict=True):
+            used = np.flatnonzero(sum(hists.values()))
+            bins = np.arange(exps[used[0]], exps[used[-1]] + 2)
+            for i, (kind, counts) in enumerate(hists.items()):
                 s = fpsim.plot.style(i)
                 ax.hist(
-                    v, bins=bins, histtype="step", linewidth=1.6, color=s["color"],
-                    linestyle=s["linestyle"], label=f"{kind} scales ({v.size})",
+                    exps, bins=bins, weights=counts, histtype="step", linewidth=1.6,
+                    color=s["color"], linestyle=s["linestyle"],
+                    label=f"{kind} ({int(counts.sum()):,})",
                 )  # fmt: skip
             ax.xaxis.set_major_formatter(fpsim.plot.pow2_formatter(base_is_log2=True))
             ax.set_xlabel("scale (binned by its exponent)")
-            ax.set_ylabel("tensors x steps")
-            ax.set_title(f"{r.name}: the per-tensor scales it chose")
-            ax.legend(fontsize=9)
+            if r.recipe is not None and exps[used[0]] == -127:
+                ax.set_xlabel("scale (binned by its exponent; 2^-127: all-zero blocks)")
+            if r.recipe is None:
+                ax.set_ylabel("tensors x steps")
+                ax.set_title(f"{r.name}: the per-tensor scales it chose")
+            else:
+                import fpsim.nn
+
+                bfmt = fpsim.nn.get_recipe(r.recipe).activation
+                ax.set_ylabel("tensors x steps" if bfmt.per_tensor else "blocks x steps")
+                ax.set_title(
+                    f"{r.name}: the {bfmt.scale.name.upper()} "
+                    f"{'per-tensor' if bfmt.per_tensor else 'block'} scales of its GEMM "
+                    "operands" + (" (tensor scale left out)" if bfmt.tensor_scale else "")
+                )
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
         out["lm_scale_exponents.png"] = fig
     return out
 
@@ -651,11 +954,14 @@ def run(
     outdir: str | None = None,
     fast: bool = False,
     config: LMConfig | None = None,
-    runs: tuple[RunSpec, ...] = RUNS,
+    runs: tuple[RunSpec, ...] | str | None = None,
 ) -> int:
     """Entry point of ``fpsim demo lm``: train, print the table, write the figures.
 
-    The output directory is checked before any training.
+    ``runs``: :class:`RunSpec` values, or names and fnmatch patterns for
+    :func:`select_runs` (``"float32,nvfp4*"``); None: :data:`RUNS`, or
+    :data:`FAST_RUNS` with ``fast``. Runs and output directory are checked before
+    any training.
     """
     from fpsim.plot import save
     from fpsim.showcase.mlp_demo import check_outdir
@@ -666,6 +972,14 @@ def run(
             print("fpsim demo: error: --steps must be at least 1", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, steps=steps)
+    if runs is None:
+        runs = FAST_RUNS if fast else RUNS
+    elif isinstance(runs, str):
+        try:
+            runs = select_runs(runs)
+        except ValueError as e:
+            print(f"fpsim demo: error: --runs: {e}", file=sys.stderr)
+            return 2
     out = Path(outdir or "fpsim-demo-lm")
     problem = check_outdir(out)
     if problem:
