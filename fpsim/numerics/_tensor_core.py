@@ -660,6 +660,17 @@ def _check_inputs(inputs: Format) -> None:
         )
 
 
+def _model_and_operands(model, inputs, a, b):
+    """The accumulator model and input format looked up, both operands rounded to the
+    inputs (the tensor core reads them in that format)."""
+    model = get_accumulator(model)
+    inputs = get_format(inputs)
+    _check_inputs(inputs)
+    a = quantize(jnp.asarray(a, jnp.float32), inputs)
+    b = quantize(jnp.asarray(b, jnp.float32), inputs)
+    return model, inputs, a, b
+
+
 def tc_dot_general(
     lhs: jax.typing.ArrayLike,
     rhs: jax.typing.ArrayLike,
@@ -696,11 +707,7 @@ def tc_dot_general(
       >>> float(tc_dot_general(x, x, dn, "hopper_fp8_promote128", inputs="e4m3"))
       5184.0
     """
-    model = get_accumulator(model)
-    inputs = get_format(inputs)
-    _check_inputs(inputs)
-    lhs = quantize(jnp.asarray(lhs, jnp.float32), inputs)
-    rhs = quantize(jnp.asarray(rhs, jnp.float32), inputs)
+    model, inputs, lhs, rhs = _model_and_operands(model, inputs, lhs, rhs)
     dims = jax.tree_util.tree_map(int, dimension_numbers)
     dims = tuple(tuple(tuple(d) for d in pair) for pair in dims)
     return _tc_dot_general(lhs, rhs, dims, model, inputs)
@@ -852,11 +859,7 @@ def tc_scaled_matmul(
       >>> float(y[0, 0])  # 128 * 1.125**2 = 162 per block: 162 * (0.5**2 + 0.25**2)
       50.625
     """
-    model = get_accumulator(model)
-    inputs = get_format(inputs)
-    _check_inputs(inputs)
-    a = quantize(jnp.asarray(a, jnp.float32), inputs)
-    b = quantize(jnp.asarray(b, jnp.float32), inputs)
+    model, inputs, a, b = _model_and_operands(model, inputs, a, b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(
             f"tc_scaled_matmul needs (m, k) @ (k, n), got {a.shape} @ {b.shape}"
