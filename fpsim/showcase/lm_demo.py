@@ -72,8 +72,8 @@ fp8 delayed scaling      2.454  2.501     12.20  4.3e-05  2.6e-07  amax-history 
 fp8 naive                3.181  3.271     26.33  70.65%   0        E5M2 flushes; stalls
 fp8_current              2.449  2.494     12.11  0.02%    2.0e-07  as bf16
 fp8_blockwise            2.444  2.480     11.94  0.19%    0.02%    as bf16
-mxfp8                    2.455  2.499     12.17  0.11%    0        as bf16
-nvfp4                    2.460  2.516     12.38  11.26%   3.24%    +0.014 over bf16
+mxfp8                    2.455  2.498     12.16  0.11%    0        as bf16
+nvfp4                    2.460  2.514     12.35  11.26%   3.24%    +0.014 over bf16
 mxfp4_naive              2.464  2.524     12.48  27.87%   2.43%    +0.018 over bf16
 =======================  =====  ========  =====  =======  =======  =======================
 
@@ -100,9 +100,9 @@ mxfp4_naive) fp16 loses 0.95%, fp8 naive 49% (2.674 against float32's 2.545), nv
 and mxfp4_naive end within 0.009 of float32 and lose 10.6% and 23.4% of their
 gradients in the GEMMs.
 
-Time (CPU time of the whole process, on the project's 2-core machine shared with
-other jobs): the default run 539 s (1125 s of wall time at load average 5-10),
-``--fast`` 101 s (312 s wall at load 8-10). Per run, tracing and compiling its
+Time, on the project's 2-core machine: the default run 5 min 3 s of wall time, 420 s of
+CPU, with the machine otherwise idle; ``--fast`` 101 s of CPU (312 s wall while the
+machine was shared, load 8-10). Per run, tracing and compiling its
 programs costs 14-61 s of that wall time (NVFP4's bit-exact two-level scaling makes the
 largest); the 200 steps then take 28-69 s of wall time. Recording the recipe GEMMs'
 statistics adds about one more quantization of every operand per step.
