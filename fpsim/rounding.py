@@ -22,8 +22,8 @@ How it works (all integer arithmetic on the bits, see ``fpsim._bits``):
    (``subnormals=False``); no negative zero in "fnuz" formats; NaN bits as ml_dtypes.
 
 Round to nearest FP16 and BF16 (no saturation, subnormals kept) takes a shortcut with
-the same bits: XLA's own float32 -> float16/bfloat16 -> float32 conversion, one or a
-few instructions instead of the integer steps (see :data:`NATIVE_NEAREST`).
+the same bits: XLA's own float32 -> float16/bfloat16 conversion, one or a few
+instructions instead of the integer steps (see :data:`NATIVE_NEAREST`).
 
 What each mode does at steps 3 and 5 (which way the magnitude steps, where overflow
 goes) is read from one table, :data:`fpsim._modes.MODES`. Host float64 data (x64 off)
@@ -255,8 +255,10 @@ def _overflows(mode: RoundingMode, neg):
 #: of bit patterns (subnormals, ties, overflow, inf, NaN payloads) in
 #: ``tests/test_quantize_native.py``. On CPU it is one instruction pair for float16
 #: (F16C) and a few for bfloat16, cheaper inside a fused loop than the general integer
-#: rounding below. XLA's FP8 conversions (e4m3fn, e5m2) are exact too (tested) but
-#: slower than the integer rounding on CPU, so they are not used.
+#: rounding below. bfloat16 comes back to float32 by its bits, not a second conversion
+#: (under jit XLA deletes an f32 -> bf16 -> f32 conversion pair). XLA's FP8 conversions
+#: (e4m3fn, e5m2) are exact too (tested) but slower than the integer rounding on CPU,
+#: so they are not used.
 NATIVE_NEAREST: dict[str, jnp.dtype] = {
     "float16": jnp.dtype(jnp.float16),
     "bfloat16": jnp.dtype(jnp.bfloat16),

@@ -169,6 +169,13 @@ def _classify(x, fmt: Format, rounding: str):
     cls = jnp.where(q < u(c.bits_of(fmt.min_normal)), 2, 3)  # subnormal / normal
     cls = jnp.where(q == 0, 1, cls)  # underflow
     cls = jnp.where(_overflow_mask(a, neg, fmt, rounding, c), 4, cls)
+    return _input_classes(cls, a, c)
+
+
+def _input_classes(cls, a, c: _bits.Carrier):
+    """``cls`` with the classes the input alone decides: zero, inf, nan (``a``: the
+    input's magnitude bits)."""
+    u = c.uint
     cls = jnp.where(a == 0, 0, cls)
     cls = jnp.where(a == u(c.inf_bits), 5, cls)
     cls = jnp.where(a > u(c.inf_bits), 6, cls)
@@ -192,19 +199,16 @@ def _classify_blocks(x, bfmt, axis):
     from fpsim.blocks._stats import element_flags
 
     elements, q, under, sat = element_flags(x, bfmt, axis)
-    ax = _bits.F32.to_bits(x) & jnp.uint32(0x7FFFFFFF)
-    aq = _bits.F32.to_bits(q) & jnp.uint32(0x7FFFFFFF)
+    c = _bits.F32
+    ax, aq = c.abs_bits(x), c.abs_bits(q)
     if bfmt.element == INT8:  # integers: no subnormals
         cls = jnp.full(x.shape, 3, jnp.int8)
     else:
         cls = jnp.where(jnp.abs(elements) < bfmt.element.min_normal, 2, 3)
     cls = jnp.where(under, 1, cls)
     cls = jnp.where(sat, 4, cls)
-    cls = jnp.where(aq > jnp.uint32(0x7F800000), 6, cls)  # a NaN block
-    cls = jnp.where(ax == 0, 0, cls)
-    cls = jnp.where(ax == jnp.uint32(0x7F800000), 5, cls)
-    cls = jnp.where(ax > jnp.uint32(0x7F800000), 6, cls)
-    return cls.astype(jnp.int8)
+    cls = jnp.where(aq > c.uint(c.inf_bits), 6, cls)  # a NaN block
+    return _input_classes(cls, ax, c)
 
 
 def _check_block_rounding(bfmt, rounding: str) -> None:
